@@ -101,7 +101,7 @@ class StepRecord(_Frozen):
 
 
 class ReleaseManifest(_Frozen):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     release_tag: str
     release_counter: int = Field(ge=1)
     channel: str = "stable"

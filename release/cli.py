@@ -1,0 +1,142 @@
+"""`hailo-release`: a thin command-line interface over the release library.
+
+Exit codes: 0 success; 1 a step failed; 2 bad input (malformed model, tag, ID, setting);
+3 integrity failure (checksum or signature mismatch); 4 artifact exists / not found;
+5 device locked by another release; 6 refused for production; 70 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from release.errors import ReleaseError
+
+# Subcommands that live in their own modules: each exposes register(subparsers).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+EXIT_INTERNAL = 70
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from release.config import load_settings
+    from release.onnx_validation import validate_onnx, write_report
+
+    settings = load_settings()
+    report = validate_onnx(
+        args.model, num_motifs=settings.num_motifs, opset_range=settings.opset_range, window=settings.window_shape
+    )
+    if args.report:
+        write_report(report, args.report)
+    print(report.to_json() if args.json else f"OK: {args.model} (sha256 {report.sha256}, opset {report.opset})")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _cmd_checksum(args: argparse.Namespace) -> int:
+    from release.checksums import write_sha256sum
+
+    out = write_sha256sum([Path(f) for f in args.files], args.output)
+    print(out.read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def _cmd_verify_checksums(args: argparse.Namespace) -> int:
+    from release.checksums import verify_sha256sum
+
+    for path in verify_sha256sum(args.sumfile):
+        print(f"{path}: OK")
+    return 0
+
+
+def _cmd_manifest_schema(args: argparse.Namespace) -> int:
+    from release.manifest import write_json_schema
+
+    write_json_schema(args.output)
+    print(args.output)
+    return 0
+
+
+def _cmd_manifest_check(args: argparse.Namespace) -> int:
+    from release.manifest import ReleaseManifest
+
+    manifest = ReleaseManifest.load(args.manifest)
+    print(f"OK: release {manifest.release_tag} #{manifest.release_counter} hef_sha256={manifest.hef.hef_sha256}")
+    return 0
+
+
+def _cmd_check_continuity_id(args: argparse.Namespace) -> int:
+    from release.identifiers import ContinuityId
+
+    cid = ContinuityId.find_in(args.text) if args.search else ContinuityId.parse(args.text)
+    print(json.dumps({"continuity_id": cid.value, "adr": cid.number, "slug": cid.slug, "date": cid.date.isoformat()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hailo-release",
+        description="Release orchestrator for edge ML models on Raspberry Pi 5 + Hailo-8.",
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="validate an ONNX model for Hailo-8 (checker, shapes, ops, smoke run)")
+    p.add_argument("model", type=Path, help="path to the .onnx file")
+    p.add_argument("--report", type=Path, help="write the validation report JSON here")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(handler=_cmd_validate)
+
+    p = sub.add_parser("checksum", help="write a sha256sum-format file for artifacts")
+    p.add_argument("files", nargs="+", help="files to checksum (names relative to the output's directory)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="sha256sum file to write")
+    p.set_defaults(handler=_cmd_checksum)
+
+    p = sub.add_parser("verify-checksums", help="verify a sha256sum-format file (like sha256sum -c)")
+    p.add_argument("sumfile", type=Path)
+    p.set_defaults(handler=_cmd_verify_checksums)
+
+    p = sub.add_parser("manifest-schema", help="write the release manifest JSON Schema")
+    p.add_argument("-o", "--output", type=Path, default=Path("release/data/manifest.schema.json"))
+    p.set_defaults(handler=_cmd_manifest_schema)
+
+    p = sub.add_parser("manifest-check", help="load and validate a release manifest")
+    p.add_argument("manifest", type=Path)
+    p.set_defaults(handler=_cmd_manifest_check)
+
+    p = sub.add_parser("check-continuity-id", help="validate a continuity ID (or find one in a PR title)")
+    p.add_argument("text", help="the ID, or free text with --search")
+    p.add_argument("--search", action="store_true", help="find the ID inside free text such as a PR title")
+    p.set_defaults(handler=_cmd_check_continuity_id)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ReleaseError as exc:
+        print(f"hailo-release: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hailo-release: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI's last line of defence: report, never hide
+        print(f"hailo-release: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
