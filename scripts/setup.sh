@@ -8,7 +8,7 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${HAILO_VENV:-$REPO_ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(docker.io docker-registry openssh-server qemu-user-static binfmt-support debootstrap shellcheck openssl)
+APT_PACKAGES=(docker.io docker-registry docker-compose openssh-server qemu-user-static binfmt-support debootstrap shellcheck openssl)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
