@@ -1,0 +1,105 @@
+"""The operators worth being classes: DFC compile (host or compiler container), SSH canary
+deploy, latency gate. Hooks are created lazily in execute(), never at DAG-parse time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from hailo_airflow.links import GateReportLink, ManifestLink
+
+if TYPE_CHECKING:
+    from airflow.providers.ssh.hooks.ssh import SSHHook
+    from airflow.sdk import Context
+
+
+class HailoCompileOperator(BaseOperator):
+    """Compile the validated ONNX into a HEF with the Hailo DFC.
+
+    With ``compiler_image`` (or HAILO_COMPILER_IMAGE) the three DFC stages run inside the
+    x86_64 compiler container through the Docker provider's DockerOperator; otherwise on the
+    host (`hailo` on PATH), or, in dev mode only, as a marked placeholder.
+    """
+
+    template_fields: Sequence[str] = ("request", "compiler_image", "docker_url")
+
+    def __init__(
+        self,
+        *,
+        request: Any,
+        compiler_image: str | None = None,
+        docker_url: str = "unix://var/run/docker.sock",
+        license_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.request = request
+        self.compiler_image = compiler_image
+        self.docker_url = docker_url
+        self.license_path = license_path
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from hailo_airflow.steps import run_step
+
+        runner = None
+        if self.compiler_image:
+            from hailo_airflow.docker_compile import DockerOperatorRunner
+
+            runner = DockerOperatorRunner(
+                image=self.compiler_image,
+                docker_url=self.docker_url,
+                license_path=self.license_path,
+                context=context,
+                task_id=self.task_id,
+            )
+        return run_step("compile", self.request, command_runner=runner)
+
+
+class CanaryDeployOperator(BaseOperator):
+    """Upload the signed bundle to the device and activate it through the device agent.
+
+    Devices whose inventory entry says ``transport: ssh`` are reached through the SSH
+    provider's hook (paramiko, strict host-key checking); ``local`` targets this machine.
+    """
+
+    template_fields: Sequence[str] = ("request", "ssh_conn_id")
+    operator_extra_links = (ManifestLink(),)
+
+    def __init__(self, *, request: Any, ssh_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.request = request
+        self.ssh_conn_id = ssh_conn_id
+
+    @cached_property
+    def ssh_hook(self) -> SSHHook:
+        from airflow.providers.ssh.hooks.ssh import SSHHook
+
+        return SSHHook(ssh_conn_id=self.ssh_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from hailo_airflow.steps import run_step
+
+        client_factory = (lambda: self.ssh_hook.get_conn()) if self.ssh_conn_id else None
+        result = run_step("deploy", self.request, ssh_client_factory=client_factory)
+        context["ti"].xcom_push(key=ManifestLink.key, value=result.get("manifest_uri"))
+        return result
+
+
+class LatencyGateOperator(BaseOperator):
+    """Drive the canary with open-loop load and decide pass / fail / inconclusive."""
+
+    template_fields: Sequence[str] = ("request",)
+    operator_extra_links = (GateReportLink(),)
+
+    def __init__(self, *, request: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.request = request
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from hailo_airflow.steps import run_step
+
+        result = run_step("gate", self.request)
+        context["ti"].xcom_push(key=GateReportLink.key, value=result.get("report_uri"))
+        return result

@@ -1,0 +1,38 @@
+"""Task bodies of the DAGs: build the library objects, run one pipeline step, return a summary.
+
+Each function is what a @task in dags/ calls; it holds no logic of its own beyond wiring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hailo_airflow.context import artifact_store, request_from
+from hailo_airflow.errors import release_errors_as_airflow_failures
+
+
+def prepare_request(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the run's params into a ReleaseRequest (a second check after the JSON schema)."""
+    params = dict(context.get("params") or {})
+    dag_run = context.get("dag_run")
+    run_id = getattr(dag_run, "run_id", None) or "unknown"
+    params["triggered_by"] = f"airflow:{run_id}"
+    with release_errors_as_airflow_failures():
+        return request_from(params).model_dump(mode="json")
+
+
+def run_step(name: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    from release.pipeline import run_step as run_pipeline_step
+    from release.pipeline_env import PipelineEnv
+
+    with release_errors_as_airflow_failures():
+        req = request_from(dict(request))
+        env = PipelineEnv.from_env()
+        return run_pipeline_step(name, req, env, artifact_store(env))
+
+
+def branch_for_verdict(gate: Mapping[str, Any]) -> str:
+    """pass → promote, fail → rollback, inconclusive → hold (a human decides; never a silent pass)."""
+    verdict = gate.get("verdict")
+    return {"pass": "promote", "fail": "rollback"}.get(str(verdict), "hold")
