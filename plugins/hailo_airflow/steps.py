@@ -36,3 +36,23 @@ def branch_for_verdict(gate: Mapping[str, Any]) -> str:
     """pass → promote, fail → rollback, inconclusive → hold (a human decides; never a silent pass)."""
     verdict = gate.get("verdict")
     return {"pass": "promote", "fail": "rollback"}.get(str(verdict), "hold")
+
+
+def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Body of hailo_rollback: the same function the on-call CLI calls."""
+    from release.pipeline import rollback_device
+    from release.pipeline_env import PipelineEnv
+
+    params = dict(context.get("params") or {})
+    dag_run = context.get("dag_run")
+    run_id = getattr(dag_run, "run_id", None) or "unknown"
+    with release_errors_as_airflow_failures():
+        env = PipelineEnv.from_env()
+        return rollback_device(
+            env,
+            artifact_store(env),
+            device=str(params.get("device", "local")),
+            to=str(params.get("to", "previous")),
+            reason=str(params.get("reason", "on-call rollback")),
+            triggered_by=f"airflow:{run_id}",
+        )

@@ -1,0 +1,80 @@
+"""DagBag integrity: the DAG files import cleanly, with the params, pools, queues and retries the design asks for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.airflow
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db):
+    from airflow.models.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert {"hailo_canary_release", "hailo_rollback"} <= set(dagbag.dag_ids)
+
+
+def test_canary_dag_shape(dagbag):
+    dag = dagbag.dags["hailo_canary_release"]
+    assert dag.max_active_runs == 1
+    order = ["prepare", "validate_onnx", "compile_hef", "build_push_image", "sign_release", "write_manifest",
+             "canary_deploy", "latency_gate", "decide"]
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    assert set(dag.get_task("decide").downstream_task_ids) == {"promote", "rollback", "hold"}
+    assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"
+
+
+def test_queues_pools_and_retries(dagbag):
+    dag = dagbag.dags["hailo_canary_release"]
+    for tid in ("validate_onnx", "compile_hef", "build_push_image", "sign_release", "write_manifest"):
+        assert dag.get_task(tid).queue == "hailo-builder", tid
+    for tid in ("canary_deploy", "latency_gate", "promote", "rollback"):
+        assert dag.get_task(tid).queue == "edge", tid
+    for tid in ("canary_deploy", "latency_gate", "promote", "rollback"):
+        assert dag.get_task(tid).pool == "hailo_edge_devices", tid
+    # Safe to retry: idempotent pushes/publishes; not safe: validation (bad input), the gate (a measurement).
+    assert dag.get_task("validate_onnx").retries == 0
+    assert dag.get_task("latency_gate").retries == 0
+    assert dag.get_task("build_push_image").retries >= 1
+    for task in dag.tasks:
+        assert task.on_failure_callback, task.task_id
+
+
+def test_params_reject_bad_values(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    dag = dagbag.dags["hailo_canary_release"]
+    params = dag.params
+    assert params["continuity_id"] == "ADR-0007-hailo-docker-2025-08-31"
+    for key, bad in [
+        ("continuity_id", "ADR-7-x-2025-01-01"),
+        ("release_tag", "v1;reboot"),
+        ("release_tag", "a..b"),
+        ("onnx_location", "/tmp/../etc/x.onnx; rm"),
+        ("device", "Pi 5"),
+    ]:
+        trial = ParamsDict(dict(params.items()))
+        with pytest.raises(Exception) as exc:
+            trial[key] = bad
+            trial.validate()
+        assert key in str(exc.value) or "does not match" in str(exc.value)
+    trial = ParamsDict(dict(params.items()))
+    with pytest.raises(Exception):
+        trial["gate_overrides"] = {"p95_ms": 80}
+        trial.validate()
+
+
+def test_extra_links_registered(dagbag):
+    dag = dagbag.dags["hailo_canary_release"]
+    names = {link.name for link in dag.get_task("latency_gate").operator_extra_links}
+    assert "Gate report" in names
