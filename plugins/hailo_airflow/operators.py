@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+
 from hailo_airflow.links import GateReportLink, ManifestLink
 
 if TYPE_CHECKING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_canary_dag_shape(dagbag):
     assert dag.max_active_runs == 1
     order = ["prepare", "validate_onnx", "compile_hef", "build_push_image", "sign_release", "write_manifest",
              "canary_deploy", "latency_gate", "decide"]
-    for upstream, downstream in zip(order, order[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     assert set(dag.get_task("decide").downstream_task_ids) == {"promote", "rollback", "hold"}
     assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"
@@ -52,6 +53,7 @@ def test_queues_pools_and_retries(dagbag):
 
 def test_params_reject_bad_values(dagbag):
     from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
 
     dag = dagbag.dags["hailo_canary_release"]
     params = dag.params
@@ -64,12 +66,12 @@ def test_params_reject_bad_values(dagbag):
         ("device", "Pi 5"),
     ]:
         trial = ParamsDict(dict(params.items()))
-        with pytest.raises(Exception) as exc:
+        with pytest.raises(ParamValidationError) as exc:
             trial[key] = bad
             trial.validate()
         assert key in str(exc.value) or "does not match" in str(exc.value)
     trial = ParamsDict(dict(params.items()))
-    with pytest.raises(Exception):
+    with pytest.raises(ParamValidationError):
         trial["gate_overrides"] = {"p95_ms": 80}
         trial.validate()
 
