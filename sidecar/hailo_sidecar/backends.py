@@ -1,0 +1,219 @@
+"""Inference backends and the router that picks one.
+
+- ``stub``: deterministic outputs of the right shapes (contract tests, GPU-server profile).
+- ``onnx``: onnxruntime on the CPU, running the released ONNX for real.
+- ``hailo``: HailoRT 4.x ``hailo_platform`` (VDevice → create_infer_model → configure →
+  bindings → run) on ``/dev/hailo0``.
+
+``auto`` picks hailo when the HEF, the library and the device are present, else onnx, else
+refuses: production never silently serves stub outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import platform
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from hailo_sidecar.config import SidecarConfig
+
+
+class BackendError(RuntimeError):
+    """The backend cannot serve; the message says what to fix."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """windows float32 [n, 100, 9] → (latent [n, 64], motif_scores [n, NUM_MOTIFS])."""
+        ...
+
+
+@dataclass(frozen=True)
+class Selection:
+    backend: Backend
+    reason: str
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+class StubBackend:
+    """Deterministic function of the input: a fixed random projection, so shapes and
+    determinism can be tested without a model."""
+
+    name = "stub"
+
+    def __init__(self, cfg: SidecarConfig) -> None:
+        rng = np.random.default_rng(0)
+        features = cfg.window_length * cfg.window_channels
+        self._w_latent = (rng.standard_normal((features, cfg.latent_dim)) / np.sqrt(features)).astype(np.float32)
+        self._w_motif = (rng.standard_normal((features, cfg.num_motifs)) / np.sqrt(features)).astype(np.float32)
+
+    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = windows.reshape(windows.shape[0], -1)
+        latent = flat @ self._w_latent
+        motifs = 1.0 / (1.0 + np.exp(-(flat @ self._w_motif)))
+        return latent.astype(np.float32), motifs.astype(np.float32)
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, cfg: SidecarConfig) -> None:
+        import onnxruntime as ort
+
+        path = cfg.onnx_path
+        if not path.is_file():
+            raise BackendError(f"ONNX model not found at ONNX_PATH={path}; mount the release's model.onnx there")
+        if cfg.expected_onnx_sha256 and sha256_of(path) != cfg.expected_onnx_sha256:
+            raise BackendError(f"{path}: sha256 does not match ONNX_SHA256={cfg.expected_onnx_sha256}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        inp = self._session.get_inputs()[0]
+        self._input_name = inp.name
+        shape = list(inp.shape)
+        if len(shape) != 3 or shape[1:] != [cfg.window_length, cfg.window_channels] or not isinstance(shape[0], int):
+            raise BackendError(
+                f"{path}: input {inp.name!r} has shape {shape}, expected [batch, {cfg.window_length}, {cfg.window_channels}]"
+            )
+        self._batch = shape[0]
+        outputs = {o.name: o.shape for o in self._session.get_outputs()}
+        for name, size in (("latent", cfg.latent_dim), ("motif_scores", cfg.num_motifs)):
+            if name not in outputs or outputs[name][-1] != size:
+                raise BackendError(f"{path}: output {name!r} is {outputs.get(name)}, expected last dim {size} (NUM_MOTIFS?)")
+        # onnxruntime sessions are thread-safe for run(), but one CPU thread each is all we
+        # give it; a lock keeps latency predictable under concurrent requests.
+        self._lock = threading.Lock()
+
+    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        latents, motifs = [], []
+        n = windows.shape[0]
+        with self._lock:
+            for start in range(0, n, self._batch):
+                chunk = windows[start : start + self._batch]
+                pad = self._batch - chunk.shape[0]
+                if pad:
+                    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), dtype=np.float32)])
+                lat, mot = self._session.run(["latent", "motif_scores"], {self._input_name: chunk})
+                latents.append(lat.reshape(self._batch, -1)[: self._batch - pad])
+                motifs.append(mot.reshape(self._batch, -1)[: self._batch - pad])
+        return np.concatenate(latents), np.concatenate(motifs)
+
+
+_ARCH_LINE = re.compile(r"Device Architecture:\s*(\S+)")
+
+
+def device_architecture(hailortcli: str = "hailortcli") -> str:
+    """The device architecture from `hailortcli fw-control identify` (not the board name)."""
+    exe = shutil.which(hailortcli)
+    if exe is None:
+        raise BackendError("hailortcli not found: install HailoRT 4.x matching the host's hailo_pci driver")
+    res = subprocess.run([exe, "fw-control", "identify"], capture_output=True, text=True, timeout=10)
+    match = _ARCH_LINE.search(res.stdout)
+    if res.returncode != 0 or match is None:
+        raise BackendError(f"hailortcli fw-control identify failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
+    return match.group(1).strip().lower().replace("_", "")
+
+
+class HailoBackend:
+    """HailoRT 4.x InferModel API. One process owns /dev/hailo0, so this holds one VDevice."""
+
+    name = "hailo"
+
+    def __init__(self, cfg: SidecarConfig, hef_arch: str | None = None) -> None:
+        if not cfg.hef_path.is_file():
+            raise BackendError(f"HEF not found at HEF_PATH={cfg.hef_path}")
+        if not cfg.hailo_device.exists():
+            raise BackendError(f"{cfg.hailo_device} is missing: run the container with --device {cfg.hailo_device}")
+        try:
+            hp: Any = importlib.import_module("hailo_platform")
+        except ImportError as exc:
+            raise BackendError(f"hailo_platform (HailoRT 4.x Python API) is not installed: {exc}") from None
+        arch = device_architecture()
+        want = (hef_arch or "hailo8").lower()
+        if arch != want:
+            raise BackendError(f"HEF compiled for {want} but the device is {arch}: recompile with --hw-arch {arch}")
+        try:
+            params = hp.VDevice.create_params()
+            self._vdevice = hp.VDevice(params)
+            self._model = self._vdevice.create_infer_model(str(cfg.hef_path))
+            self._model.set_batch_size(1)
+            self._configured = self._model.configure()
+        except Exception as exc:  # HailoRTException carries the status code in its text
+            text = str(exc)
+            hint = ""
+            if "HAILO_INVALID_DRIVER_VERSION" in text or "(76)" in text:
+                hint = " — the HailoRT library in the image must exactly match the host's hailo_pci driver version"
+            elif "HAILO_OUT_OF_PHYSICAL_DEVICES" in text or "(74)" in text:
+                hint = " — another process owns /dev/hailo0; stop the old sidecar first (or use hailort_service)"
+            raise BackendError(f"HailoRT failed to open the device/HEF: {text}{hint}") from None
+        self._input_name = self._model.input().name
+        self._lock = threading.Lock()
+
+    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        latents, motifs = [], []
+        with self._lock:
+            for window in windows:
+                bindings = self._configured.create_bindings()
+                bindings.input().set_buffer(np.ascontiguousarray(window[None, ...], dtype=np.float32))
+                out = {}
+                for name in ("latent", "motif_scores"):
+                    buf = np.empty(self._model.output(name).shape, dtype=np.float32)
+                    bindings.output(name).set_buffer(buf)
+                    out[name] = buf
+                self._configured.run([bindings], 1000)
+                latents.append(out["latent"].reshape(-1))
+                motifs.append(out["motif_scores"].reshape(-1))
+        return np.stack(latents), np.stack(motifs)
+
+
+def select_backend(cfg: SidecarConfig, hef_arch: str | None = None) -> Selection:
+    """Choose the backend for ``cfg.infer_mode``; raise BackendError with the reason otherwise."""
+    machine = platform.machine().lower()
+    if cfg.infer_mode not in ("stub",) and machine in ("x86_64", "amd64") and not cfg.allow_amd64:
+        raise BackendError(
+            f"refusing to serve a real backend on {machine}: the runtime image is for linux/arm64 (Pi 5). "
+            "Set INFER_MODE=stub, or HAILO_SIDECAR_ALLOW_AMD64=1 for tests and the local demo."
+        )
+    if cfg.infer_mode == "stub":
+        return Selection(StubBackend(cfg), "INFER_MODE=stub")
+    if cfg.infer_mode == "onnx":
+        return Selection(OnnxBackend(cfg), "INFER_MODE=onnx")
+    if cfg.infer_mode == "hailo":
+        return Selection(HailoBackend(cfg, hef_arch), "INFER_MODE=hailo")
+    reasons = []
+    has_lib = importlib.util.find_spec("hailo_platform") is not None
+    if cfg.hef_path.is_file() and has_lib and cfg.hailo_device.exists():
+        return Selection(HailoBackend(cfg, hef_arch), "auto: HEF, hailo_platform and the device are present")
+    reasons.append(
+        "hailo unavailable ("
+        + ", ".join(
+            what
+            for what, ok in (
+                (f"no HEF at {cfg.hef_path}", cfg.hef_path.is_file()),
+                ("hailo_platform not installed", has_lib),
+                (f"no {cfg.hailo_device}", cfg.hailo_device.exists()),
+            )
+            if not ok
+        )
+        + ")"
+    )
+    if cfg.onnx_path.is_file():
+        return Selection(OnnxBackend(cfg), "auto: " + reasons[0] + "; serving the ONNX on the CPU")
+    raise BackendError("auto: no backend can serve: " + reasons[0] + f", and no ONNX at {cfg.onnx_path}")

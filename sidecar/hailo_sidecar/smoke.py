@@ -1,0 +1,73 @@
+"""Smoke check of a running sidecar: /healthz, /readyz and the /infer contract.
+
+    python -m hailo_sidecar.smoke http://127.0.0.1:9000 [--expect-hef-sha256 H] [--expect-config-version V]
+Exit 0 when everything matches, 1 with the reasons otherwise. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import urllib.error
+import urllib.request
+
+
+def _get(url: str, timeout: float) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - operator-given http URL
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def check(base: str, expect_hef: str | None, expect_config: str | None, num_motifs: int, timeout: float) -> list[str]:
+    problems: list[str] = []
+    status, health = _get(f"{base}/healthz", timeout)
+    if status != 200 or health.get("status") != "ok":
+        problems.append(f"/healthz: status {status}, body {health}")
+    if expect_hef and health.get("hef_sha256") != expect_hef:
+        problems.append(f"/healthz hef_sha256 {health.get('hef_sha256')} != expected {expect_hef}")
+    if expect_config and health.get("config_version") != expect_config:
+        problems.append(f"/healthz config_version {health.get('config_version')} != expected {expect_config}")
+    status, _ = _get(f"{base}/readyz", timeout)
+    if status != 200:
+        problems.append(f"/readyz: status {status}")
+    window = [[math.sin(i * 0.1 + c) for c in range(9)] for i in range(100)]
+    req = urllib.request.Request(
+        f"{base}/infer", data=json.dumps({"x": window}).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            out = json.loads(resp.read())
+    except (urllib.error.URLError, ValueError) as exc:
+        return [*problems, f"/infer failed: {exc}"]
+    if len(out.get("latent", [])) != 64:
+        problems.append(f"/infer latent has {len(out.get('latent', []))} values, expected 64")
+    if len(out.get("motif_scores", [])) != num_motifs:
+        problems.append(f"/infer motif_scores has {len(out.get('motif_scores', []))} values, expected {num_motifs}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("url", help="base URL of the sidecar, e.g. http://127.0.0.1:9000")
+    p.add_argument("--expect-hef-sha256")
+    p.add_argument("--expect-config-version")
+    p.add_argument("--num-motifs", type=int, default=12)
+    p.add_argument("--timeout", type=float, default=5.0)
+    args = p.parse_args(argv)
+    try:
+        problems = check(args.url.rstrip("/"), args.expect_hef_sha256, args.expect_config_version, args.num_motifs, args.timeout)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        problems = [f"cannot reach {args.url}: {exc}"]
+    for problem in problems:
+        print(f"FAIL: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"OK: {args.url}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
