@@ -1,7 +1,7 @@
 """The sidecar's HTTP API (contract: shared/contract.md).
 
-POST /infer        {"x": [[float × 9] × 100]}            → {"latent": [64], "motif_scores": [NUM_MOTIFS]}
-POST /infer/batch  {"x": [[[float × 9] × 100], ...]}      → {"latent": [[64], ...], "motif_scores": [[..], ...]}
+POST /infer        {"x": [[float x 9] x 100]}            → {"latent": [64], "motif_scores": [NUM_MOTIFS]}
+POST /infer/batch  {"x": [[[float x 9] x 100], ...]}      → {"latent": [[64], ...], "motif_scores": [[..], ...]}
 GET  /healthz      liveness + identity (backend, hef_sha256, config_version, shapes, uptime)
 GET  /readyz       200 only once the model is loaded and a warm-up inference passed
 GET  /metrics      Prometheus text
