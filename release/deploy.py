@@ -1,0 +1,116 @@
+"""Canary deploy, promote and rollback on one device, through a Transport and the device agent.
+
+The orchestrator only uploads and asks; the agent on the device verifies signatures and
+checksums, switches pointers atomically, restarts the sidecar, checks health, and restores the
+last-known-good release by itself when anything goes wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from release.devices import DeviceSpec
+from release.errors import IntegrityError, LockHeld, ReleaseError, StepFailed
+from release.identifiers import ReleaseTag
+from release.transport import Transport
+
+AGENT_SOURCE = Path(__file__).with_name("device_agent.py")
+BUNDLE_FILES = ("manifest.json", "manifest.json.sig", "model.hef", "model.onnx", "hef_sha256sum.txt")
+AGENT_EXIT_INTEGRITY, AGENT_EXIT_PREFLIGHT, AGENT_EXIT_LOCKED, AGENT_EXIT_UNHEALTHY = 3, 4, 5, 6
+
+
+class Unhealthy(StepFailed):
+    """The new release did not become healthy; the agent restored the last-known-good one."""
+
+
+class PreflightRefused(StepFailed):
+    """The device refused the release before stopping anything (arch or driver mismatch)."""
+
+
+@dataclass(frozen=True)
+class AgentReply:
+    ok: bool
+    body: dict[str, Any]
+    seconds: float
+
+
+def _agent(transport: Transport, device: DeviceSpec, *args: str, timeout: float = 300.0) -> AgentReply:
+    t0 = time.monotonic()
+    res = transport.run(device.agent_argv("--lock-timeout", "30", *args), timeout=timeout)
+    elapsed = time.monotonic() - t0
+    try:
+        body: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {}
+    except ValueError:
+        body = {"detail": res.stdout[-500:]}
+    if res.returncode == 0:
+        return AgentReply(True, body, elapsed)
+    detail = str(body.get("detail") or res.stderr.strip()[-500:] or f"exit {res.returncode}")
+    errors: dict[int, type[ReleaseError]] = {
+        AGENT_EXIT_INTEGRITY: IntegrityError,
+        AGENT_EXIT_PREFLIGHT: PreflightRefused,
+        AGENT_EXIT_LOCKED: LockHeld,
+        AGENT_EXIT_UNHEALTHY: Unhealthy,
+    }
+    raise errors.get(res.returncode, StepFailed)(f"device {device.name}: {detail}")
+
+
+def agent_config(device: DeviceSpec, public_key_path: str) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "public_key": public_key_path,
+        "health_url": device.health_url,
+        "health_timeout_s": device.health_timeout_s,
+    }
+    for key in ("restart_command", "prepull_command", "identify_command", "driver_version_command"):
+        value = getattr(device, key)
+        if value:
+            cfg[key] = value
+    return cfg
+
+
+def install_agent(transport: Transport, device: DeviceSpec, public_key: Path) -> None:
+    """(Re)install the agent script, its config and the release public key; idempotent."""
+    root = device.agent_root
+    res = transport.run(["mkdir", "-p", f"{root}/bin", f"{root}/releases"], timeout=30)
+    if res.returncode != 0:
+        raise StepFailed(f"device {device.name}: cannot create {root}: {res.stderr.strip()}")
+    transport.upload(AGENT_SOURCE, f"{root}/bin/device_agent.py")
+    transport.upload(public_key, f"{root}/release-signing.pub")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "agent.json"
+        cfg.write_text(json.dumps(agent_config(device, f"{root}/release-signing.pub"), indent=2))
+        transport.upload(cfg, f"{root}/agent.json")
+
+
+def upload_bundle(transport: Transport, device: DeviceSpec, bundle_dir: Path, tag: str) -> None:
+    tag = ReleaseTag(tag).value
+    remote = device.release_dir(tag)
+    res = transport.run(["mkdir", "-p", remote], timeout=30)
+    if res.returncode != 0:
+        raise StepFailed(f"device {device.name}: cannot create {remote}: {res.stderr.strip()}")
+    for name in BUNDLE_FILES:
+        local = bundle_dir / name
+        if not local.is_file():
+            raise StepFailed(f"bundle {bundle_dir} lacks {name}")
+        transport.upload(local, f"{remote}/{name}")
+
+
+def activate(transport: Transport, device: DeviceSpec, tag: str) -> AgentReply:
+    return _agent(transport, device, "activate", ReleaseTag(tag).value)
+
+
+def promote(transport: Transport, device: DeviceSpec, tag: str) -> AgentReply:
+    return _agent(transport, device, "promote", ReleaseTag(tag).value)
+
+
+def rollback(transport: Transport, device: DeviceSpec, to: str = "previous") -> AgentReply:
+    target = to if to == "previous" else ReleaseTag(to).value
+    return _agent(transport, device, "rollback", "--to", target)
+
+
+def status(transport: Transport, device: DeviceSpec) -> dict[str, Any]:
+    return _agent(transport, device, "status").body

@@ -1,0 +1,62 @@
+"""EC P-256 signing keys (PEM) for manifests and images; never logged, written 0600."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from release.checksums import sha256_bytes
+from release.errors import InvalidInput
+
+PRIVATE_NAME = "release-signing.key"
+PUBLIC_NAME = "release-signing.pub"
+
+
+def generate_dev_keypair(keys_dir: Path) -> tuple[Path, Path]:
+    """Create (once) a dev key pair for the embedded-default demo; returns (private, public)."""
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    priv_path, pub_path = keys_dir / PRIVATE_NAME, keys_dir / PUBLIC_NAME
+    if priv_path.is_file() and pub_path.is_file():
+        return priv_path, pub_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    pub_path.write_bytes(public_pem(key.public_key()))
+    return priv_path, pub_path
+
+
+def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_private_key(path: Path, password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=password)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"cannot load private key {path}: {type(exc).__name__}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise InvalidInput(f"{path}: expected an EC P-256 private key")
+    return key
+
+
+def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot load public key {path}: {type(exc).__name__}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise InvalidInput(f"{path}: expected an EC P-256 public key")
+    return key
+
+
+def key_id(key: ec.EllipticCurvePublicKey) -> str:
+    """sha256 of the DER SubjectPublicKeyInfo: names the key in manifests without revealing anything."""
+    return sha256_bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+SIGNATURE_HASH = hashes.SHA256
