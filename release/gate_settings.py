@@ -1,0 +1,96 @@
+"""The latency gate as data (Argo Rollouts / Flagger style): metrics with limits, the load
+profile, the baseline comparison and the parity check. Overrides may only tighten the product
+limits (p95 < 50 ms per window, >= 20 windows/s)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from release.errors import ConfigError
+
+PRODUCT_P95_MS = 50.0
+PRODUCT_MIN_WINDOWS_PER_S = 20.0
+
+
+class Verdict(StrEnum):
+    PASS = "pass"  # noqa: S105 - a verdict, not a password
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+class LoadProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate_windows_per_s: float = Field(25.0, gt=0, le=1000, description="open-loop request rate")
+    duration_s: float = Field(10.0, ge=1, le=600)
+    warmup_s: float = Field(1.0, ge=0, le=60, description="requests in this first period are not scored")
+    concurrency: int = Field(8, ge=1, le=64, description="workers, each with its own keep-alive connection")
+    request_timeout_s: float = Field(2.0, gt=0, le=30)
+
+
+class GateSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    p95_ms: float = Field(PRODUCT_P95_MS, gt=0, le=PRODUCT_P95_MS)
+    min_windows_per_s: float = Field(PRODUCT_MIN_WINDOWS_PER_S, ge=PRODUCT_MIN_WINDOWS_PER_S)
+    max_error_rate: float = Field(0.01, ge=0, le=0.05)
+    min_samples: int = Field(50, ge=20, description="fewer scored samples → inconclusive (Kayenta uses >= 50)")
+    load: LoadProfile = LoadProfile()
+    interval_s: float = Field(5.0, gt=0, description="analysis interval: each one is judged on its own too")
+    failure_limit: int = Field(1, ge=0, description="failed intervals tolerated before the gate fails")
+    consecutive_error_limit: int = Field(5, ge=1, description="consecutive request errors that abort the run")
+    baseline_alpha: float = Field(0.01, gt=0, lt=0.5, description="Mann-Whitney significance level")
+    baseline_tolerance: float = Field(0.2, ge=0, le=5, description="allowed relative median latency regression")
+    server_client_tolerance_ms: float = Field(5.0, ge=0, description="client vs /metrics p95 disagreement allowed")
+    parity_min_cosine: float = Field(0.99, gt=0, le=1)
+    parity_top_k: int = Field(3, ge=1)
+    parity_min_topk_agreement: float = Field(0.9, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _load_can_show_throughput(self) -> GateSettings:
+        if self.load.rate_windows_per_s < self.min_windows_per_s:
+            raise ValueError(
+                f"load rate {self.load.rate_windows_per_s}/s is below the throughput limit {self.min_windows_per_s}/s: "
+                "the gate could never pass"
+            )
+        return self
+
+    def thresholds(self) -> dict[str, float]:
+        return {
+            "p95_ms": self.p95_ms,
+            "min_windows_per_s": self.min_windows_per_s,
+            "max_error_rate": self.max_error_rate,
+            "min_samples": float(self.min_samples),
+            "parity_min_cosine": self.parity_min_cosine,
+            "parity_min_topk_agreement": self.parity_min_topk_agreement,
+        }
+
+
+_OVERRIDE_TARGETS = {
+    "p95_ms": ("p95_ms",),
+    "min_windows_per_s": ("min_windows_per_s",),
+    "max_error_rate": ("max_error_rate",),
+    "duration_s": ("load", "duration_s"),
+    "rate_windows_per_s": ("load", "rate_windows_per_s"),
+}
+
+
+def settings_with_overrides(overrides: dict[str, float], base: GateSettings | None = None) -> GateSettings:
+    """Apply validated overrides; anything outside the safe bounds is a ConfigError."""
+    raw: dict[str, Any] = (base or GateSettings()).model_dump()
+    for key, value in overrides.items():
+        target = _OVERRIDE_TARGETS.get(key)
+        if target is None:
+            raise ConfigError(f"unknown gate override {key!r}; allowed: {sorted(_OVERRIDE_TARGETS)}")
+        node = raw
+        for part in target[:-1]:
+            node = node[part]
+        node[target[-1]] = value
+    try:
+        return GateSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"gate overrides rejected: {problems}") from None

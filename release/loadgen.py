@@ -1,0 +1,97 @@
+"""Open-loop load through the real /infer, at a fixed rate, without coordinated omission.
+
+Send times are fixed in advance on one clock (t0 + i/rate). A pool of workers, each with its
+own keep-alive connection, picks the next slot, sleeps until its intended time, sends, and
+records latency from the INTENDED time — so a slow server inflates the measured latency instead
+of quietly lowering the request rate. Bounded by count and time; stops by itself.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    intended_s: float  # relative to the run's start
+    sent_s: float
+    latency_ms: float  # from the intended send time to the complete response
+    status: int  # HTTP status, 0 for a transport error
+    error: str = ""
+
+
+def _connection(base_url: str, timeout: float) -> http.client.HTTPConnection:
+    u = urllib.parse.urlsplit(base_url)
+    if u.scheme != "http" or not u.hostname:
+        raise ValueError(f"load target must be an http:// URL, got {base_url!r}")
+    return http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+
+
+def run_open_loop(
+    base_url: str,
+    windows: np.ndarray,
+    *,
+    rate: float,
+    duration_s: float,
+    concurrency: int = 8,
+    timeout_s: float = 2.0,
+    consecutive_error_limit: int = 1_000_000,
+) -> list[Sample]:
+    """Send ``rate * duration_s`` single-window /infer requests on a fixed schedule."""
+    count = max(1, int(round(rate * duration_s)))
+    bodies = [json.dumps({"x": w.tolist()}).encode() for w in windows]
+    samples: list[Sample | None] = [None] * count
+    next_slot = 0
+    consecutive_errors = 0
+    abort = threading.Event()
+    lock = threading.Lock()
+    t0 = time.perf_counter() + 0.05
+
+    def worker() -> None:
+        nonlocal next_slot, consecutive_errors
+        conn = _connection(base_url, timeout_s)
+        try:
+            while not abort.is_set():
+                with lock:
+                    i = next_slot
+                    next_slot += 1
+                if i >= count:
+                    return
+                intended = t0 + i / rate
+                delay = intended - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                sent = time.perf_counter()
+                status, error = 0, ""
+                try:
+                    conn.request("POST", "/infer", body=bodies[i % len(bodies)], headers={"content-type": "application/json"})
+                    resp = conn.getresponse()
+                    resp.read()
+                    status = resp.status
+                except (OSError, http.client.HTTPException) as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    conn.close()
+                    conn = _connection(base_url, timeout_s)
+                done = time.perf_counter()
+                samples[i] = Sample(intended - t0, sent - t0, (done - intended) * 1000, status, error)
+                with lock:
+                    consecutive_errors = 0 if status == 200 else consecutive_errors + 1
+                    if consecutive_errors >= consecutive_error_limit:
+                        abort.set()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=duration_s + 10 * timeout_s + 5)
+    abort.set()
+    return [s for s in samples if s is not None]
