@@ -94,6 +94,7 @@ class CompileOutput(BaseModel):
     size: int
     hw_arch: str
     net_name: str
+    compiled_by_double: bool = False
     dfc_version: str | None
     hailort_version: str | None
     onnx_sha256: str
@@ -210,7 +211,8 @@ def compile_hef(
         return CompileOutput(
             hef_path=hef_out, sums_path=sums, hef_sha256=sha256_file(hef_out), size=hef_out.stat().st_size,
             hw_arch=hw_arch, net_name=net_name, dfc_version=versions.dfc, hailort_version=versions.hailort,
-            onnx_sha256=onnx_sha, calibration_sha256=calib_sha, model_script_sha256=script_sha, real=True,
+            onnx_sha256=onnx_sha, calibration_sha256=calib_sha, model_script_sha256=script_sha,
+            real=not versions.is_double, compiled_by_double=versions.is_double,
             placeholder=False, cached=True, logs_dir=None, parsing_report=None, stage_seconds=stages,
         )
 
@@ -253,7 +255,8 @@ def compile_hef(
     return CompileOutput(
         hef_path=hef_out, sums_path=sums, hef_sha256=sha256_file(hef_out), size=hef_out.stat().st_size,
         hw_arch=hw_arch, net_name=net_name, dfc_version=versions.dfc, hailort_version=versions.hailort,
-        onnx_sha256=onnx_sha, calibration_sha256=calib_sha, model_script_sha256=script_sha, real=True,
+        onnx_sha256=onnx_sha, calibration_sha256=calib_sha, model_script_sha256=script_sha,
+        real=not versions.is_double, compiled_by_double=versions.is_double,
         placeholder=False, cached=False, logs_dir=build, parsing_report=build / report if (build / report).is_file() else None,
         stage_seconds=stages,
     )

@@ -46,10 +46,14 @@ def _node(name: str) -> str:
     return name
 
 
+DOUBLE_MARKER = "test double of the Hailo DFC CLI"
+
+
 @dataclass(frozen=True)
 class DfcVersions:
     dfc: str
     hailort: str
+    is_double: bool = False
 
 
 def parse_version_output(text: str) -> DfcVersions:
@@ -57,7 +61,11 @@ def parse_version_output(text: str) -> DfcVersions:
     missing = [k for k, m in found.items() if m is None]
     if missing:
         raise StepFailed(f"`hailo --version` output lacks {', '.join(missing)} version: {text.strip()[:300]!r}")
-    versions = DfcVersions(dfc=found["dfc"].group(1), hailort=found["hailort"].group(1))  # type: ignore[union-attr]
+    versions = DfcVersions(
+        dfc=found["dfc"].group(1),  # type: ignore[union-attr]
+        hailort=found["hailort"].group(1),  # type: ignore[union-attr]
+        is_double=DOUBLE_MARKER in text,
+    )
     dfc_major, rt_major = int(versions.dfc.split(".")[0]), int(versions.hailort.split(".")[0])
     if dfc_major != 3 or rt_major != 4:
         raise StepFailed(

@@ -22,4 +22,5 @@ export AIRFLOW__CORE__DAGS_FOLDER="$REPO_ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO_ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 mkdir -p "$AIRFLOW_HOME"
-exec .venv/bin/python -m release.demo "$@"
+export PYTHONPATH="$REPO_ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}"
+exec .venv/bin/python -m hailo_airflow.demo "$@"

@@ -22,14 +22,28 @@ def prepare_request(context: Mapping[str, Any]) -> dict[str, Any]:
         return request_from(params).model_dump(mode="json")
 
 
-def run_step(name: str, request: Mapping[str, Any]) -> dict[str, Any]:
+def run_step(name: str, request: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
     from release.pipeline import run_step as run_pipeline_step
     from release.pipeline_env import PipelineEnv
 
     with release_errors_as_airflow_failures():
         req = request_from(dict(request))
         env = PipelineEnv.from_env()
-        return run_pipeline_step(name, req, env, artifact_store(env))
+        if name == "validate" and req.onnx_location.startswith("gs://"):
+            kwargs["onnx_path"] = download_gcs_model(req.onnx_location, env.work_dir(req.release_tag, "download"))
+        return run_pipeline_step(name, req, env, artifact_store(env), **kwargs)
+
+
+def download_gcs_model(uri: str, dest_dir: Any) -> Any:
+    """Fetch a gs://bucket/path.onnx model through the Google provider's GCSHook."""
+    from pathlib import Path
+
+    from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+    bucket, _, obj = uri.removeprefix("gs://").partition("/")
+    dest = Path(dest_dir) / "model.onnx"
+    GCSHook().download(bucket_name=bucket, object_name=obj, filename=str(dest))
+    return dest
 
 
 def branch_for_verdict(gate: Mapping[str, Any]) -> str:

@@ -29,7 +29,7 @@ def _compile(tmp_path, onnx, calib, **kw):
 
 def test_compile_with_double(doubles_on_path, sample_onnx_path, calib, tmp_path):
     out = _compile(tmp_path, sample_onnx_path, calib, cache_dir=tmp_path / "cache")
-    assert out.real and not out.placeholder and not out.cached
+    assert out.compiled_by_double and not out.real and not out.placeholder and not out.cached
     assert out.hef_path.name == "tcn_encoder-v1.hef"
     assert (out.dfc_version, out.hailort_version) == ("3.33.0", "4.23.0")
     assert out.hef_path.read_bytes().startswith(b"\x01HEF")

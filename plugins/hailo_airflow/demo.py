@@ -1,0 +1,82 @@
+"""The main job on embedded defaults: run hailo_canary_release end to end on this machine.
+
+    python -m hailo_airflow.demo [--tag T] [--continuity-id ID] [--config-version V] [--onnx PATH]
+
+Airflow runs for real (SQLite, in-process `dag.test()`); the device is this machine (`local`
+target: device agent + sidecar on the onnx backend). Prints where the manifest and the gate
+report are, and the verdict. Exit 0 when the release was promoted, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tag", default=f"demo-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
+    parser.add_argument("--continuity-id", default="ADR-0007-hailo-docker-2025-08-31")
+    parser.add_argument("--config-version", default="cfg-2026.11.0")
+    parser.add_argument("--onnx", default="sample", help="'sample' or an absolute path to a .onnx")
+    parser.add_argument("--device", default="local")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("HAILO_PIPELINE_ROOT", str(REPO_ROOT / "artifacts"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    airflow = Path(sys.executable).with_name("airflow")
+    print("→ airflow db migrate", flush=True)
+    migrate = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True)
+    if migrate.returncode != 0:
+        print(migrate.stdout[-2000:], migrate.stderr[-2000:], file=sys.stderr)
+        return 1
+
+    from airflow.models.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    if bag.import_errors:
+        print(f"DAG import errors: {bag.import_errors}", file=sys.stderr)
+        return 1
+    dag = bag.dags["hailo_canary_release"]
+    conf = {
+        "continuity_id": args.continuity_id, "release_tag": args.tag, "onnx_location": args.onnx,
+        "config_version": args.config_version, "device": args.device, "gate_overrides": {}, "production": False,
+    }
+    print(f"→ hailo_canary_release {json.dumps(conf)}", flush=True)
+    run = dag.test(run_conf=conf)
+
+    from release.pipeline_env import PipelineEnv
+    from release.store import MANIFEST_NAME, LocalArtifactStore
+
+    env = PipelineEnv.from_env()
+    store = LocalArtifactStore(env.store_root)
+    print(f"\nDAG run {run.run_id}: {run.state}")
+    if not store.is_published(args.tag):
+        print(f"release {args.tag} was not published; see the task logs above and the ledger in {env.ledger_dir}")
+        return 1
+    manifest = json.loads(store.get_bytes(args.tag, MANIFEST_NAME))
+    gate = manifest["gate"]
+    print(f"release   {args.tag} (#{manifest['release_counter']}) → {manifest['state']}")
+    print(f"verdict   {gate['verdict']}: {'; '.join(gate['reasons'])}")
+    measured = gate.get("measured", {})
+    if measured.get("p95_ms") is not None:
+        print(f"latency   p95 {measured['p95_ms']:.2f} ms, {measured['windows_per_s']:.1f} windows/s "
+              f"(limits: p95 < {gate['thresholds']['p95_ms']} ms, >= {gate['thresholds']['min_windows_per_s']} windows/s)")
+    print(f"manifest  {store.uri(args.tag, MANIFEST_NAME)}")
+    print(f"gate      {gate.get('report_uri')}")
+    print(f"histogram {gate.get('histogram_uri')}")
+    print("steps:")
+    for step in manifest["steps"]:
+        print(f"  {step['name']:<9} {step['status']:<12} {step['reason']}")
+    return 0 if manifest["state"] == "promoted" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Build and push the linux/arm64 runtime image; the pushed digest is what everything downstream uses.
+
+Production: `docker buildx build --platform linux/arm64 --push --provenance=true --metadata-file M`
+(the digest comes from the metadata file). These machines have no buildx plugin, so the same
+flow also runs with the classic/BuildKit builder (`docker build` + `docker push`) against a
+real registry, and the digest is read back from the registry. Either way a production target
+refuses an image whose platform (read from the registry's config blob) is not linux/arm64.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from release.errors import RefusedForProduction, StepFailed, ToolNotFound
+from release.identifiers import ReleaseTag
+
+RUNTIME_DOCKERFILE = Path("docker/hailo_runtime/Dockerfile")
+PRODUCTION_PLATFORM = "linux/arm64"
+
+
+@dataclass(frozen=True)
+class ImageBuildResult:
+    repository: str
+    tag: str
+    digest: str
+    platform: str
+    builder: str
+    note: str
+
+
+def unavailable_reason(docker: str | None, registry: str | None) -> str | None:
+    """Why the image cannot be built here, or None when it can."""
+    if not docker or not Path(docker).exists():
+        return "no docker CLI on this machine"
+    if not registry:
+        return "no OCI registry configured (HAILO_REGISTRY)"
+    probe = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=20)
+    if probe.returncode != 0:
+        return f"the Docker engine does not answer: {probe.stderr.strip()[-200:]}"
+    return None
+
+
+def buildx_argv(docker: str, image: str, context: Path, dockerfile: Path, metadata_file: Path,
+                platform: str = PRODUCTION_PLATFORM, build_args: dict[str, str] | None = None) -> list[str]:
+    argv = [docker, "buildx", "build", "--platform", platform, "--push", "--provenance=true",
+            "--metadata-file", str(metadata_file), "--file", str(dockerfile), "--tag", image]
+    for key, value in sorted((build_args or {}).items()):
+        argv += ["--build-arg", f"{key}={value}"]
+    return [*argv, str(context)]
+
+
+def digest_from_metadata(metadata_file: Path) -> str:
+    """The pushed manifest digest from `docker buildx build --metadata-file` output."""
+    try:
+        meta = json.loads(metadata_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise StepFailed(f"buildx metadata file {metadata_file} is unreadable: {exc}") from None
+    digest = meta.get("containerimage.digest")
+    if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71:
+        raise StepFailed(f"buildx metadata has no valid containerimage.digest (keys: {sorted(meta)})")
+    return digest
+
+
+def _run(argv: list[str], what: str, timeout: float = 3600) -> str:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise ToolNotFound(f"{argv[0]} not found") from None
+    if res.returncode != 0:
+        raise StepFailed(f"{what} failed (exit {res.returncode}): {(res.stderr or res.stdout).strip()[-800:]}")
+    return res.stdout
+
+
+def build_and_push(
+    *, docker: str, registry: str, repository: str, tag: str, context: Path, work_dir: Path, production: bool,
+    cache_dir: Path, dockerfile: Path | None = None, platform: str | None = None, base_image: str | None = None,
+) -> ImageBuildResult:
+    from release.registry import ImageRef, RegistryClient
+
+    tag = ReleaseTag(tag).value
+    image = f"{registry}/{repository}:{tag}"
+    ImageRef.parse(image)
+    dockerfile = dockerfile or context / RUNTIME_DOCKERFILE
+    plat = platform or PRODUCTION_PLATFORM
+    work_dir.mkdir(parents=True, exist_ok=True)
+    buildx = shutil.which("docker-buildx") or _has_buildx(docker)
+    build_args = {"BASE_IMAGE": base_image} if base_image else {}
+    if buildx:
+        meta = work_dir / "buildx-metadata.json"
+        _run(buildx_argv(docker, image, context, dockerfile, meta, plat, build_args), "docker buildx build")
+        digest, builder, note = digest_from_metadata(meta), "buildx", "docker buildx build --push (metadata file digest)"
+    else:
+        argv = [docker, "build", "--platform", plat, "--file", str(dockerfile), "--tag", image]
+        for key, value in sorted(build_args.items()):
+            argv += ["--build-arg", f"{key}={value}"]
+        _run([*argv, str(context)], "docker build")
+        _run([docker, "push", image], "docker push")
+        digest = RegistryClient(registry).manifest_digest(repository, tag)
+        builder, note = "docker-build", "docker build + push (no buildx plugin here); digest read back from the registry"
+    client = RegistryClient(registry)
+    platforms = client.platforms(repository, digest)
+    if production and PRODUCTION_PLATFORM not in platforms:
+        raise RefusedForProduction(
+            f"image {image}@{digest} is {', '.join(sorted(platforms)) or 'of unknown platform'}; production needs {PRODUCTION_PLATFORM}"
+        )
+    actual = PRODUCTION_PLATFORM if PRODUCTION_PLATFORM in platforms else (sorted(platforms)[0] if platforms else plat)
+    return ImageBuildResult(repository=f"{registry}/{repository}", tag=tag, digest=digest, platform=actual, builder=builder, note=note)
+
+
+def _has_buildx(docker: str) -> str | None:
+    res = subprocess.run([docker, "buildx", "version"], capture_output=True, text=True, timeout=20)
+    return docker if res.returncode == 0 else None
