@@ -207,9 +207,9 @@ class Agent:
         last = "no answer"
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:  # noqa: S310 - configured http URL
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
                     ready = r.status == 200
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:  # noqa: S310
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
                     health = json.loads(r.read())
                 if ready and health.get("hef_sha256") == manifest["hef"]["hef_sha256"] and health.get(
                     "config_version"

@@ -45,7 +45,7 @@ def run_open_loop(
     consecutive_error_limit: int = 1_000_000,
 ) -> list[Sample]:
     """Send ``rate * duration_s`` single-window /infer requests on a fixed schedule."""
-    count = max(1, int(round(rate * duration_s)))
+    count = max(1, round(rate * duration_s))
     bodies = [json.dumps({"x": w.tolist()}).encode() for w in windows]
     samples: list[Sample | None] = [None] * count
     next_slot = 0

@@ -38,7 +38,7 @@ def now_utc() -> dt.datetime:
 
 def _steps() -> dict[str, StepFn]:
     # Imported lazily: each step module pulls in its own heavy dependencies (onnx, docker, ...).
-    from release import pipeline_steps as s
+    import release.pipeline_steps as s
 
     return {
         "validate": s.validate,
@@ -66,7 +66,7 @@ def run_step(name: str, req: ReleaseRequest, env: PipelineEnv, store: ArtifactSt
 
 
 def record_failure(env: PipelineEnv, params: dict[str, Any], *, task_id: str, run_id: str, reason: str) -> None:
-    from release import pipeline_steps
+    import release.pipeline_steps as pipeline_steps
 
     pipeline_steps.record_failure(env, params, task_id=task_id, run_id=run_id, reason=reason)
 

@@ -51,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _timed(name: str, status: str, reason: str, t0: float) -> StepRecord:
-    return StepRecord(name=name, status=status, reason=reason, duration_s=round(time.monotonic() - t0, 3))  # type: ignore[arg-type]
+    return StepRecord(name=name, status=status, reason=reason, duration_s=round(time.monotonic() - t0, 3))
 
 
 # -- validate ---------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def compile_hef(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, com
         step=_timed("compile", status, reason, t0),
         hef=HefArtifact(
             uri=store.uri(req.release_tag, out.hef_path.name), hef_sha256=out.hef_sha256, size=out.size,
-            hw_arch=out.hw_arch, dfc_version=out.dfc_version, hailort_version=out.hailort_version,  # type: ignore[arg-type]
+            hw_arch=out.hw_arch, dfc_version=out.dfc_version, hailort_version=out.hailort_version,
             calibration_sha256=out.calibration_sha256, model_script_sha256=out.model_script_sha256,
             real_compile=out.real, placeholder=out.placeholder,
         ),
@@ -154,7 +154,7 @@ def build_image(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> 
             tag=req.release_tag, context=REPO_ROOT, work_dir=env.work_dir(req.release_tag, "image"),
             production=req.production, cache_dir=env.root / "image-cache",
         )
-        image = RuntimeImage(repository=built.repository, digest=built.digest, platform=built.platform,  # type: ignore[arg-type]
+        image = RuntimeImage(repository=built.repository, digest=built.digest, platform=built.platform,
                              signature=None, builder=built.builder, pushed=True)
         step = _timed("image", "real", built.note, t0)
     save_result(store, req.release_tag, ImageResult(step=step, image=image))
@@ -389,7 +389,7 @@ def _publish_final(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, 
     for name in ("deploy", "gate"):
         try:
             kind = DeployResult if name == "deploy" else GateResult
-            steps.append(load_result(store, tag, name, kind).step)  # type: ignore[type-var]
+            steps.append(load_result(store, tag, name, kind).step)
         except ReleaseError:
             pass
     gate_record = load_result(store, tag, "gate", GateResult).gate if store.exists(tag, "steps/gate.json") else candidate.gate
