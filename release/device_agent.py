@@ -234,10 +234,12 @@ class Agent:
         good = entry.get("restore_current")
         self.set_pointer("current", good)
         self.set_pointer("previous", entry.get("restore_previous"))
+        healthy = None
         if good:
             self.restart(good)
+            healthy, _ = self.wait_healthy(self.manifest(good), float(self.cfg.get("health_timeout_s", 30)))
         self.clear_journal()
-        return {"recovered": True, "restored": good, "interrupted": entry.get("op")}
+        return {"recovered": True, "restored": good, "restored_healthy": healthy, "interrupted": entry.get("op")}
 
     def activate(self, tag: str) -> dict[str, Any]:
         t0 = time.monotonic()

@@ -76,8 +76,9 @@ def restart(release_dir: Path, state_dir: Path, port: int, python: str, module: 
         key, _, value = item.partition("=")
         env[key] = value
     log = open(state_dir / "sidecar.log", "ab")  # noqa: SIM115 - handed to the child process
+    # MODULE may carry arguments ("pkg.mod arg"): split on whitespace, no shell involved.
     proc = subprocess.Popen(
-        [python, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [python, "-m", *module.split()], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, cwd=state_dir,
     )
     (state_dir / "sidecar.pid").write_text(str(proc.pid))
