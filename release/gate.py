@@ -125,7 +125,7 @@ def _limit_check(name: str, value: float | None, ok: bool, limit: str) -> Check:
 
 
 def baseline_check(latencies: Sequence[float], baseline: Sequence[float] | None, s: GateSettings) -> Check:
-    if not baseline:
+    if baseline is None or len(baseline) == 0:
         return Check(name="baseline", outcome="skipped", measured=None, limit="-", reason="no baseline (first release on this device)")
     if len(latencies) < s.min_samples or len(baseline) < s.min_samples:
         return Check(name="baseline", outcome="inconclusive", measured=None, limit=f">= {s.min_samples} samples each",
