@@ -92,3 +92,10 @@ def run_all(
     summaries[outcome] = run_step(outcome, req, env, store)
     summaries["report"] = run_step("report", req, env, store)
     return summaries
+
+
+def rollback_device(env: PipelineEnv, store: ArtifactStore, **kwargs: Any) -> dict[str, Any]:
+    """On-call rollback of a device to a tag or 'previous' (see pipeline_steps.rollback_device)."""
+    import release.pipeline_steps as pipeline_steps
+
+    return pipeline_steps.rollback_device(env, store, **kwargs)

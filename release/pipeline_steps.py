@@ -409,12 +409,14 @@ def save_result_if_open(store: ArtifactStore, tag: str, result: FinalResult) -> 
         save_result(store, tag, result)
 
 
-def promote(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> dict[str, Any]:
+def promote(
+    req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client_factory: Callable[[], Any] | None = None
+) -> dict[str, Any]:
     from release import deploy as dep
 
     t0 = time.monotonic()
     device = inventory(env).get(req.device)
-    transport = open_transport(device)
+    transport = open_transport(device, ssh_client_factory)
     try:
         dep.promote(transport, device, req.release_tag)
     finally:
@@ -424,14 +426,16 @@ def promote(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> dict
     return {"state": final.state, "manifest_uri": final.manifest_uri}
 
 
-def rollback(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> dict[str, Any]:
+def rollback(
+    req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client_factory: Callable[[], Any] | None = None
+) -> dict[str, Any]:
     from release import deploy as dep
 
     t0 = time.monotonic()
     device = inventory(env).get(req.device)
     gate_record = load_result(store, req.release_tag, "gate", GateResult).gate
     reason = "; ".join(gate_record.reasons) or "gate failed"
-    transport = open_transport(device)
+    transport = open_transport(device, ssh_client_factory)
     try:
         state = dep.status(transport, device)
         if state.get("current") == req.release_tag:
@@ -474,7 +478,14 @@ def report(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> dict[
 
 # -- on-call and failures ---------------------------------------------------------------------
 def rollback_device(
-    env: PipelineEnv, store: ArtifactStore, *, device: str, to: str, reason: str, triggered_by: str
+    env: PipelineEnv,
+    store: ArtifactStore,
+    *,
+    device: str,
+    to: str,
+    reason: str,
+    triggered_by: str,
+    ssh_client_factory: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """On-call rollback: verify the target's signatures, re-activate it, record a rollback manifest."""
     from release import deploy as dep
@@ -489,7 +500,7 @@ def rollback_device(
         raise StepFailed(f"device {device}: no earlier release to roll back to")
     priv, pub = _signing_key(env, production=False)
     verify_release_signature(store, target, MANIFEST_NAME, "manifest.json.sig", pub)
-    transport = open_transport(spec)
+    transport = open_transport(spec, ssh_client_factory)
     try:
         dep.install_agent(transport, spec, pub)
         reply = dep.rollback(transport, spec, target)

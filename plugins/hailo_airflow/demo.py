@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(migrate.stdout[-2000:], migrate.stderr[-2000:], file=sys.stderr)
         return 1
 
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     if bag.import_errors:

@@ -82,8 +82,10 @@ class CanaryDeployOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from hailo_airflow.steps import run_step
 
-        client_factory = (lambda: self.ssh_hook.get_conn()) if self.ssh_conn_id else None
-        result = run_step("deploy", self.request, ssh_client_factory=client_factory)
+        kwargs: dict[str, Any] = {}
+        if self.ssh_conn_id:  # an explicit connection overrides the inventory's
+            kwargs["ssh_client_factory"] = lambda: self.ssh_hook.get_conn()
+        result = run_step("deploy", self.request, **kwargs)
         context["ti"].xcom_push(key=ManifestLink.key, value=result.get("manifest_uri"))
         return result
 

@@ -31,7 +31,29 @@ def run_step(name: str, request: Mapping[str, Any], **kwargs: Any) -> dict[str, 
         env = PipelineEnv.from_env()
         if name == "validate" and req.onnx_location.startswith("gs://"):
             kwargs["onnx_path"] = download_gcs_model(req.onnx_location, env.work_dir(req.release_tag, "download"))
+        if name in DEVICE_STEPS and "ssh_client_factory" not in kwargs:
+            kwargs["ssh_client_factory"] = ssh_client_factory_for(env, req.device)
         return run_pipeline_step(name, req, env, artifact_store(env), **kwargs)
+
+
+DEVICE_STEPS = frozenset({"deploy", "promote", "rollback"})
+
+
+def ssh_client_factory_for(env: Any, device: str) -> Any:
+    """Devices with an Airflow connection (ssh_conn_id) are reached through the SSH provider's hook,
+    created lazily; the hook refuses unknown host keys (pin them with the connection's host_key)."""
+    from release.pipeline_steps import inventory
+
+    spec = inventory(env).get(device)
+    if spec.transport != "ssh" or not spec.ssh_conn_id:
+        return None
+
+    def connect() -> Any:
+        from airflow.providers.ssh.hooks.ssh import SSHHook
+
+        return SSHHook(ssh_conn_id=spec.ssh_conn_id).get_conn()
+
+    return connect
 
 
 def download_gcs_model(uri: str, dest_dir: Any) -> Any:
@@ -62,10 +84,12 @@ def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
     run_id = getattr(dag_run, "run_id", None) or "unknown"
     with release_errors_as_airflow_failures():
         env = PipelineEnv.from_env()
+        device = str(params.get("device", "local"))
         return rollback_device(
             env,
             artifact_store(env),
-            device=str(params.get("device", "local")),
+            ssh_client_factory=ssh_client_factory_for(env, device),
+            device=device,
             to=str(params.get("to", "previous")),
             reason=str(params.get("reason", "on-call rollback")),
             triggered_by=f"airflow:{run_id}",
