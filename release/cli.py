@@ -13,8 +13,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from release.errors import ReleaseError
+from release.progress import Progress
 
 # Subcommands that live in their own modules: each exposes register(subparsers).
 COMMAND_MODULES: tuple[str, ...] = ()
@@ -79,6 +81,51 @@ def _cmd_check_continuity_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env_and_store() -> tuple[Any, Any]:
+    import os
+
+    from release.errors import InvalidInput
+    from release.pipeline_env import PipelineEnv
+    from release.store import LocalArtifactStore
+
+    env = PipelineEnv.from_env()
+    if os.environ.get("HAILO_ARTIFACT_STORE", "").startswith("gs://"):
+        raise InvalidInput("the CLI reads the local artifact store; for gs:// stores use the Airflow DAGs")
+    return env, LocalArtifactStore(env.store_root)
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    import getpass
+
+    from release.pipeline import rollback_device
+
+    env, store = _env_and_store()
+    with Progress().step(f"rollback {args.device} to {args.to}"):
+        result = rollback_device(
+            env, store, device=args.device, to=args.to, reason=args.reason,
+            triggered_by=f"cli:{getpass.getuser()}",
+        )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from release.pipeline import run_all
+    from release.request import ReleaseRequest
+
+    env, store = _env_and_store()
+    req = ReleaseRequest.parse(
+        {
+            "continuity_id": args.continuity_id, "release_tag": args.tag, "onnx_location": args.onnx,
+            "config_version": args.config_version, "device": args.device, "production": args.production,
+            "triggered_by": "cli",
+        }
+    )
+    progress = Progress()
+    summaries = run_all(req, env, store, say=progress.say)
+    return 0 if summaries.get("report", {}).get("state") == "promoted" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hailo-release",
@@ -115,6 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", help="the ID, or free text with --search")
     p.add_argument("--search", action="store_true", help="find the ID inside free text such as a PR title")
     p.set_defaults(handler=_cmd_check_continuity_id)
+
+    p = sub.add_parser(
+        "rollback",
+        help="on-call: roll a device back to a tag or to its last-known-good release (no Airflow needed)",
+    )
+    p.add_argument("--device", required=True, help="device name from the inventory (HAILO_DEVICES_FILE)")
+    p.add_argument("--to", default="previous", help="release tag, or 'previous' (default)")
+    p.add_argument("--reason", default="on-call rollback", help="why: recorded in the ledger and the rollback manifest")
+    p.set_defaults(handler=_cmd_rollback)
+
+    p = sub.add_parser("run", help="run the whole canary release without Airflow (same steps as the DAG)")
+    p.add_argument("--tag", required=True, help="release tag")
+    p.add_argument("--continuity-id", required=True)
+    p.add_argument("--config-version", required=True)
+    p.add_argument("--onnx", default="sample", help="'sample' or an absolute path to a .onnx")
+    p.add_argument("--device", default="local")
+    p.add_argument("--production", action="store_true", help="refuse placeholders, dev keys and skipped images")
+    p.set_defaults(handler=_cmd_run)
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
