@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         print(migrate.stdout[-2000:], migrate.stderr[-2000:], file=sys.stderr)
         return 1
 
+    pools = subprocess.run([str(airflow), "pools", "import", str(REPO_ROOT / "docker" / "airflow" / "pools.json")],
+                           capture_output=True, text=True)
+    if pools.returncode != 0:
+        print(pools.stderr[-2000:], file=sys.stderr)
+        return 1
+
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
