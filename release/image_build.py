@@ -32,6 +32,49 @@ class ImageBuildResult:
     note: str
 
 
+_PIP_PLATFORMS = {
+    "linux/amd64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"),
+    "linux/arm64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"),
+}
+BASE_IMAGES = {"linux/amd64": "hailo-base:bookworm-amd64", "linux/arm64": "hailo-base:bookworm-arm64"}
+
+
+def stage_runtime_context(repo: Path, work_dir: Path, platform: str, cache_dir: Path, python: str) -> Path:
+    """A build context with the runtime Dockerfile and a wheelhouse for ``platform``.
+
+    Wheels are fetched on the host (binary-only, for the target platform and the base image's
+    CPython 3.11), so the image build itself needs no network and no proxy CA inside.
+    """
+    import hashlib
+    import tomllib
+
+    if platform not in _PIP_PLATFORMS:
+        raise StepFailed(f"no wheel platform mapping for {platform}")
+    sidecar = (repo / "sidecar").resolve()  # absolute: a bare "sidecar" would be a PyPI name to pip
+    meta = tomllib.loads((sidecar / "pyproject.toml").read_text())["project"]
+    deps = [*meta["dependencies"], *meta["optional-dependencies"]["onnx"]]
+    key = hashlib.sha256(json.dumps([platform, deps]).encode()).hexdigest()[:16]
+    wheels = cache_dir / f"wheelhouse-{platform.replace('/', '-')}-{key}"
+    if not (wheels / ".complete").is_file():
+        wheels.mkdir(parents=True, exist_ok=True)
+        argv = [python, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", "3.11",
+                "--implementation", "cp", "--dest", str(wheels)]
+        for tag in _PIP_PLATFORMS[platform]:
+            argv += ["--platform", tag]
+        _run([*argv, *deps], f"pip download (wheelhouse for {platform})", timeout=900)
+        (wheels / ".complete").write_text(key)
+    ctx = work_dir / f"context-{platform.replace('/', '-')}"
+    if ctx.exists():
+        shutil.rmtree(ctx)
+    (ctx / "wheelhouse").mkdir(parents=True)
+    for wheel in wheels.glob("*.whl"):
+        shutil.copyfile(wheel, ctx / "wheelhouse" / wheel.name)
+    _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(ctx / "wheelhouse"), str(sidecar)],
+         "pip wheel (sidecar)", timeout=600)
+    shutil.copyfile(repo / RUNTIME_DOCKERFILE, ctx / "Dockerfile")
+    return ctx
+
+
 def unavailable_reason(docker: str | None, registry: str | None) -> str | None:
     """Why the image cannot be built here, or None when it can."""
     if not docker or not Path(docker).exists():
@@ -79,13 +122,18 @@ def build_and_push(
     *, docker: str, registry: str, repository: str, tag: str, context: Path, work_dir: Path, production: bool,
     cache_dir: Path, dockerfile: Path | None = None, platform: str | None = None, base_image: str | None = None,
 ) -> ImageBuildResult:
+    import sys
+
     from release.registry import ImageRef, RegistryClient
 
     tag = ReleaseTag(tag).value
     image = f"{registry}/{repository}:{tag}"
     ImageRef.parse(image)
-    dockerfile = dockerfile or context / RUNTIME_DOCKERFILE
     plat = platform or PRODUCTION_PLATFORM
+    if dockerfile is None:
+        context = stage_runtime_context(context, work_dir, plat, cache_dir, sys.executable)
+        dockerfile = context / "Dockerfile"
+        base_image = base_image or BASE_IMAGES.get(plat)
     work_dir.mkdir(parents=True, exist_ok=True)
     buildx = shutil.which("docker-buildx") or _has_buildx(docker)
     build_args = {"BASE_IMAGE": base_image} if base_image else {}
