@@ -75,6 +75,19 @@ def stage_runtime_context(repo: Path, work_dir: Path, platform: str, cache_dir: 
     return ctx
 
 
+def ensure_base_image(docker: str, platform: str, repo: Path) -> str:
+    """Make the local Debian base image for ``platform`` if it is missing (no registry to pull from)."""
+    image = BASE_IMAGES[platform]
+    if subprocess.run([docker, "image", "inspect", image], capture_output=True).returncode == 0:
+        return image
+    arch = platform.split("/", 1)[1]
+    res = subprocess.run([str(repo / "scripts" / "make_base_image.sh"), arch, image], capture_output=True, text=True,
+                         timeout=3600, env={**__import__("os").environ, "DOCKER": docker})
+    if res.returncode != 0:
+        raise StepFailed(f"cannot make the {platform} base image: {res.stderr.strip()[-500:]}")
+    return image
+
+
 def unavailable_reason(docker: str | None, registry: str | None) -> str | None:
     """Why the image cannot be built here, or None when it can."""
     if not docker or not Path(docker).exists():
@@ -131,9 +144,9 @@ def build_and_push(
     ImageRef.parse(image)
     plat = platform or PRODUCTION_PLATFORM
     if dockerfile is None:
+        base_image = base_image or ensure_base_image(docker, plat, context)
         context = stage_runtime_context(context, work_dir, plat, cache_dir, sys.executable)
         dockerfile = context / "Dockerfile"
-        base_image = base_image or BASE_IMAGES.get(plat)
     work_dir.mkdir(parents=True, exist_ok=True)
     buildx = shutil.which("docker-buildx") or _has_buildx(docker)
     build_args = {"BASE_IMAGE": base_image} if base_image else {}

@@ -317,6 +317,16 @@ def deploy(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_clie
 
         hef_local = store.fetch(tag, compiled.hef_name, env.work_dir(tag, "deploy") / "check.hef")
         assert_deployable(hef_local, production=True)
+    if manifest.image.digest:
+        # Deploy by the verified digest only: our own verifier, before anything reaches the device.
+        from release.keys import load_public_key
+        from release.oci_signing import verify_image
+        from release.registry import ImageRef, RegistryClient
+
+        ref = ImageRef.parse(f"{manifest.image.repository}@{manifest.image.digest}")
+        verify_image(RegistryClient(ref.registry), ref, load_public_key(pub))
+    elif req.production:
+        raise StepFailed("production releases need a pushed, signed runtime image; the image step was skipped")
     device = inventory(env).get(req.device)
     bundle = _bundle(store, tag, CANDIDATE, CANDIDATE_SIG, compiled.hef_name, env.work_dir(tag, "deploy") / "bundle")
     transport = open_transport(device, ssh_client_factory)

@@ -21,8 +21,11 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_REPO / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(_REPO / "plugins")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
-pytest_plugins = sorted(
+# Modules other fixture modules import (services, testbed) come first, so pytest registers
+# them before they are imported as plain modules (and can still rewrite their asserts).
+_FIRST = ["tests.fixtures.services", "tests.fixtures.testbed", "tests.fixtures.manifests"]
+pytest_plugins = _FIRST + sorted(
     f"tests.fixtures.{p.stem}"
     for p in (Path(__file__).parent / "fixtures").glob("*.py")
-    if not p.stem.startswith("_")
+    if not p.stem.startswith("_") and f"tests.fixtures.{p.stem}" not in _FIRST
 )

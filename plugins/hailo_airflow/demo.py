@@ -20,6 +20,36 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def ensure_local_registry(root: Path, port: int = 5000) -> str | None:
+    """Start Debian's docker-registry on 127.0.0.1 when a Docker engine answers; None otherwise."""
+    import shutil
+    import socket
+    import time
+
+    docker = "/usr/bin/docker"
+    if not Path(docker).exists() or subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        return None
+    addr = f"127.0.0.1:{port}"
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return addr  # already serving
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        return None
+    (root / "registry").mkdir(parents=True, exist_ok=True)
+    config = root / "registry" / "config.yml"
+    config.write_text(f"version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {root / 'registry' / 'data'}}}}}\n"
+                      f"http: {{addr: {addr}}}\n")
+    subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+    for _ in range(50):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return addr
+        time.sleep(0.1)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", default=f"demo-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
@@ -30,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HAILO_PIPELINE_ROOT", str(REPO_ROOT / "artifacts"))
+    if "HAILO_REGISTRY" not in os.environ:
+        registry = ensure_local_registry(Path(os.environ["HAILO_PIPELINE_ROOT"]))
+        if registry:
+            os.environ["HAILO_REGISTRY"] = registry
+            print(f"→ OCI registry at {registry} (docker-registry)", flush=True)
+        else:
+            print("→ no Docker engine/registry here: the image step will be recorded as skipped", flush=True)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     airflow = Path(sys.executable).with_name("airflow")
     print("→ airflow db migrate", flush=True)
