@@ -46,6 +46,7 @@ from release.store import MANIFEST_NAME, ArtifactStore, next_release_counter
 
 CANDIDATE = "manifest.candidate.json"
 CANDIDATE_SIG = "manifest.candidate.json.sig"
+BUNDLE_SIG = "bundle.sig"
 NET_NAME = "tcn_encoder"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,6 +195,7 @@ def sign(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> dict[st
     else:
         step = _timed("sign", "real", "ECDSA P-256 manifest signature; no image to sign (image step skipped)", t0)
     signatures.append(SignatureRef(kind="manifest-ecdsa", ref=CANDIDATE_SIG, key_id=kid))
+    signatures.append(SignatureRef(kind="model-signing-bundle", ref=BUNDLE_SIG, key_id=kid))
     save_result(store, req.release_tag, SignResult(step=step, signatures=tuple(signatures)))
     return {"signatures": [s.kind for s in signatures], "key_id": kid}
 
@@ -237,6 +239,12 @@ def write_manifest(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) 
     priv, _ = _signing_key(env, req.production)
     store.put_bytes(tag, CANDIDATE, data)
     store.put_bytes(tag, CANDIDATE_SIG, sign_bytes(data, load_private_key(priv)))
+    # HEF, ONNX and manifest signed together (OpenSSF model-signing), verified before deploy.
+    signed_dir = _signed_files(store, tag, compiled.hef_name, env.work_dir(tag, "manifest") / "signed")
+    from release.bundle_signing import KeyBundleSigner
+
+    sig_path = KeyBundleSigner(priv).sign(signed_dir, signed_dir.parent / BUNDLE_SIG)
+    store.put_file(tag, BUNDLE_SIG, sig_path)
     from release.checksums import sha256_bytes
 
     result = ManifestResult(
@@ -284,6 +292,19 @@ def open_transport(device: DeviceSpec, ssh_client_factory: Callable[[], Any] | N
     return ParamikoTransport(connect_ssh(device.host, device.port, device.user, device.key_file, device.known_hosts))
 
 
+def _signed_files(store: ArtifactStore, tag: str, hef_name: str, dest: Path) -> Path:
+    """Exactly the files the bundle signature covers, under their on-device names."""
+    import shutil
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    store.fetch(tag, CANDIDATE, dest / "manifest.json")
+    store.fetch(tag, hef_name, dest / "model.hef")
+    store.fetch(tag, "model.onnx", dest / "model.onnx")
+    return dest
+
+
 def _bundle(store: ArtifactStore, tag: str, manifest_name: str, sig_name: str, hef_name: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     store.fetch(tag, manifest_name, dest / "manifest.json")
@@ -312,6 +333,10 @@ def deploy(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_clie
     compiled = load_result(store, tag, "compile", CompileResult)
     _, pub = _signing_key(env, req.production)
     manifest = verify_release_signature(store, tag, CANDIDATE, CANDIDATE_SIG, pub)
+    from release.bundle_signing import verify_bundle
+
+    signed_dir = _signed_files(store, tag, compiled.hef_name, env.work_dir(tag, "deploy") / "signed")
+    verify_bundle(signed_dir, store.fetch(tag, BUNDLE_SIG, signed_dir.parent / BUNDLE_SIG), pub)
     if req.production:
         from release.compile import assert_deployable
 
