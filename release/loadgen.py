@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+SPIN_S = 0.002
+
+
 @dataclass(frozen=True)
 class Sample:
     intended_s: float  # relative to the run's start
@@ -66,8 +69,12 @@ def run_open_loop(
                     return
                 intended = t0 + i / rate
                 delay = intended - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+                if delay > SPIN_S:
+                    time.sleep(delay - SPIN_S)
+                # Spin the last stretch: sleep() wakes up late by up to a scheduler tick, which
+                # would show up as latency the sidecar never caused.
+                while time.perf_counter() < intended:
+                    pass
                 sent = time.perf_counter()
                 status, error = 0, ""
                 try:

@@ -30,11 +30,13 @@ from hailo_sidecar.config import SidecarConfig
 
 log = logging.getLogger("hailo_sidecar")
 
-# Fine steps around the 50 ms gate so p95 can be read off the histogram within ~2.5 ms.
+# Fine steps around the 50 ms gate so p95 can be read off the histogram within ~2.5 ms, and
+# sub-millisecond steps at the bottom so a fast backend's p95 is resolved too.
 LATENCY_BUCKETS_S = tuple(
     b / 1000
-    for b in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12.5, 15, 17.5, 20, 22.5, 25, 27.5, 30, 32.5, 35, 37.5, 40,
-              42.5, 45, 47.5, 50, 52.5, 55, 57.5, 60, 65, 70, 80, 90, 100, 150, 250, 500, 1000, 2500)
+    for b in (0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9, 10, 12.5, 15, 17.5, 20,
+              22.5, 25, 27.5, 30, 32.5, 35, 37.5, 40, 42.5, 45, 47.5, 50, 52.5, 55, 57.5, 60, 65, 70, 80, 90, 100,
+              150, 250, 500, 1000, 2500)
 )
 
 
@@ -152,6 +154,28 @@ def parse_windows(body: bytes, cfg: SidecarConfig, batch: bool) -> np.ndarray:
     return windows if batch else windows[None, ...]
 
 
+class RequestTimer:
+    """Pure ASGI middleware: observes /infer latency from the first body byte received to the
+    last response byte sent — the server's side of what the gate's client measures."""
+
+    def __init__(self, app: Any, state: State) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path not in ("/infer", "/infer/batch"):
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+
+        async def timed_send(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.state.request_latency.labels(path).observe(time.perf_counter() - t0)
+
+        await self.app(scope, receive, timed_send)
+
+
 def create_app(cfg: SidecarConfig | None = None) -> FastAPI:
     cfg = cfg or SidecarConfig.from_env()
     state = State(cfg)
@@ -163,6 +187,7 @@ def create_app(cfg: SidecarConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="hailo-sidecar", version="0.1.0", lifespan=lifespan)
     app.state.sidecar = state
+    app.add_middleware(RequestTimer, state=state)
 
     @app.exception_handler(BadRequest)
     async def _bad_request(request: Request, exc: BadRequest) -> Response:
@@ -172,7 +197,6 @@ def create_app(cfg: SidecarConfig | None = None) -> FastAPI:
         return _error(exc.status, exc.error, exc.detail)
 
     async def _infer(request: Request, batch: bool) -> Response:
-        t0 = time.perf_counter()
         endpoint = "/infer/batch" if batch else "/infer"
         if not state.ready or state.backend is None:
             state.requests.labels(endpoint, "503").inc()
@@ -196,10 +220,8 @@ def create_app(cfg: SidecarConfig | None = None) -> FastAPI:
             if batch
             else {"latent": latent[0], "motif_scores": motifs[0]}
         )
-        response = ORJSONResponse(payload)
-        state.request_latency.labels(endpoint).observe(time.perf_counter() - t0)
         state.requests.labels(endpoint, "200").inc()
-        return response
+        return ORJSONResponse(payload)
 
     @app.post("/infer")
     async def infer(request: Request) -> Response:
