@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 SPIN_S = 0.002
 
 
