@@ -140,7 +140,14 @@ class Agent:
         # Placeholders are replaced inside single argv elements; values are validated tags and
         # paths under the release root, and nothing here goes through a shell.
         expanded = [a.format_map(values) for a in argv]
-        return subprocess.run(expanded, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        # The release identity also goes to the command's environment: docker-compose.pi.yaml
+        # reads HAILO_RUNTIME_IMAGE (repo@digest), HEF_SHA256 and CONFIG_VERSION from it.
+        env = dict(os.environ)
+        env.update({f"HAILO_RELEASE_{k.upper()}": v for k, v in values.items()})
+        for key in ("HAILO_RUNTIME_IMAGE", "HEF_SHA256", "CONFIG_VERSION"):
+            if values.get(key.lower()):
+                env[key] = values[key.lower()]
+        return subprocess.run(expanded, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
 
     # -- verification -----------------------------------------------------------------------
     def manifest(self, tag: str) -> dict[str, Any]:
@@ -198,7 +205,12 @@ class Agent:
         image = ""
         if manifest and manifest.get("image", {}).get("digest"):
             image = f"{manifest['image']['repository']}@{manifest['image']['digest']}"
-        return {"tag": tag, "release_dir": str(self.releases / tag), "root": str(self.root), "image": image}
+        values = {"tag": tag, "release_dir": str(self.releases / tag), "root": str(self.root), "image": image,
+                  "hailo_runtime_image": image, "hef_sha256": "", "config_version": ""}
+        if manifest:
+            values["hef_sha256"] = manifest["hef"]["hef_sha256"]
+            values["config_version"] = manifest["config_version"]
+        return values
 
     # -- health -----------------------------------------------------------------------------
     def wait_healthy(self, manifest: dict[str, Any], timeout: float) -> tuple[bool, str]:
