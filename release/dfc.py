@@ -14,14 +14,16 @@ Grammar (shared/domain-facts.md, Hailo DFC user guide):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
 
 from release.errors import InvalidInput, StepFailed
 
 HW_ARCHS = ("hailo8", "hailo8l", "hailo8r")
 _NET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9_./:-]{1,128}$")
+# No leading "-": a node name must never be read as a flag by the CLI.
+_NODE_NAME = re.compile(r"^[A-Za-z0-9_./:][A-Za-z0-9_./:-]{0,127}$")
 _VERSION_LINE = {
     "hailort": re.compile(r"HailoRT v(\d+\.\d+\.\d+)"),
     "dfc": re.compile(r"Hailo Dataflow Compiler v(\d+\.\d+\.\d+)"),
@@ -47,31 +49,51 @@ def _node(name: str) -> str:
 
 
 DOUBLE_MARKER = "test double of the Hailo DFC CLI"
+DFC_DOCS = (
+    "https://hailo.ai/developer-zone/documentation/ (Dataflow Compiler user guide, 'hailo' CLI; "
+    "DFC 3.x for Hailo-8/8L/8R) and docker/hailo_compiler/README.md"
+)
 
 
-@dataclass(frozen=True)
-class DfcVersions:
+class DfcVersions(BaseModel):
+    """What `hailo --version` reported: both go into the release manifest."""
+
+    model_config = ConfigDict(frozen=True)
+
     dfc: str
     hailort: str
     is_double: bool = False
 
+    @property
+    def dfc_major(self) -> int:
+        return int(self.dfc.split(".")[0])
+
+    @property
+    def hailort_major(self) -> int:
+        return int(self.hailort.split(".")[0])
+
 
 def parse_version_output(text: str) -> DfcVersions:
-    found = {k: rx.search(text) for k, rx in _VERSION_LINE.items()}
-    missing = [k for k, m in found.items() if m is None]
-    if missing:
-        raise StepFailed(f"`hailo --version` output lacks {', '.join(missing)} version: {text.strip()[:300]!r}")
-    versions = DfcVersions(
-        dfc=found["dfc"].group(1),  # type: ignore[union-attr]
-        hailort=found["hailort"].group(1),  # type: ignore[union-attr]
-        is_double=DOUBLE_MARKER in text,
-    )
-    dfc_major, rt_major = int(versions.dfc.split(".")[0]), int(versions.hailort.split(".")[0])
-    if dfc_major != 3 or rt_major != 4:
+    """Parse `hailo --version` ("HailoRT vX.Y.Z" and "Hailo Dataflow Compiler vX.Y.Z")."""
+    dfc, hailort = _VERSION_LINE["dfc"].search(text), _VERSION_LINE["hailort"].search(text)
+    missing = [name for name, m in (("dfc", dfc), ("hailort", hailort)) if m is None]
+    if dfc is None or hailort is None:
         raise StepFailed(
-            f"DFC {versions.dfc} / HailoRT {versions.hailort} is the wrong toolchain for Hailo-8: "
-            "Hailo-8/8L/8R need DFC 3.x with HailoRT 4.x (the 5.x line serves only Hailo-10/15, "
-            "and HailoRT 4.x refuses a 5.x HEF). Install DFC 3.x in the compiler image."
+            f"`hailo --version` output lacks the {' and '.join(missing)} version: {text.strip()[:300]!r}; "
+            "the compiler image needs both the DFC and the HailoRT wheel (docker/hailo_compiler/README.md)"
+        )
+    return DfcVersions(dfc=dfc.group(1), hailort=hailort.group(1), is_double=DOUBLE_MARKER in text)
+
+
+def check_toolchain(versions: DfcVersions, hw_arch: str) -> DfcVersions:
+    """Hailo-8/8L/8R need DFC 3.x + HailoRT 4.x; refuse anything else before compiling."""
+    check_hw_arch(hw_arch)
+    if versions.dfc_major != 3 or versions.hailort_major != 4:
+        raise StepFailed(
+            f"DFC {versions.dfc} / HailoRT {versions.hailort} is the wrong toolchain for {hw_arch}: "
+            "Hailo-8/8L/8R need DFC 3.x with HailoRT 4.x (the 5.x line serves only Hailo-10/15, and "
+            "HailoRT 4.x on the device refuses a 5.x HEF). Build the compiler image with a 3.x DFC wheel, "
+            "e.g. DFC_VERSION=3.33.0 HAILORT_VERSION=4.23.0 (docker/hailo_compiler/README.md)."
         )
     return versions
 
