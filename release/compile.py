@@ -322,7 +322,11 @@ def _cache_store(entry_dir: Path, net_name: str, hef: Path, build: Path, entry: 
         shutil.copyfile(log, tmp / "logs" / log.name)
     (tmp / "entry.json").write_text(entry.model_dump_json(), encoding="utf-8")
     shutil.rmtree(entry_dir, ignore_errors=True)
-    os.replace(tmp, entry_dir)
+    try:
+        os.replace(tmp, entry_dir)
+    except OSError:
+        # A concurrent build of the same key stored its entry first: same key, same inputs; keep theirs.
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- the compile step -------------------------------------------------------------------------
