@@ -323,3 +323,20 @@ def test_compile_in_a_real_container(docker_cli, base_image, doubles_on_path, sa
                               environment={**runner.environment, "HAILO_DOUBLE_FAIL_STAGE": "optimize"})
     with pytest.raises(StepFailed, match="`hailo optimize` failed"):
         _compile(tmp_path, sample_onnx_path, calib, runner=failing, hailo="hailo", work_dir=tmp_path / "w3")
+
+
+@pytest.mark.docker
+def test_compiler_image_context_refuses_without_wheel(docker_cli, base_image):
+    """Building straight from docker/hailo_compiler (its .dockerignore sends only dfc/) without the
+    DFC wheel stops at once with the actionable message, not a BuildKit "not found"."""
+    ctx = Path(__file__).resolve().parents[2] / "docker" / "hailo_compiler"
+    if list((ctx / "dfc").glob("*.whl")):
+        pytest.skip("a DFC wheel is present in docker/hailo_compiler/dfc: this test checks the refusal without one")
+    res = subprocess.run(
+        [docker_cli, "build", "--progress=plain", "--build-arg", f"BASE_IMAGE={base_image}", "-t",
+         "hailo-compiler-test:ctx-nowheel", str(ctx)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"},
+    )
+    assert res.returncode != 0
+    assert "hailo_dataflow_compiler-3.33.0-*.whl not found" in res.stderr and "Hailo Developer Zone" in res.stderr
+    assert '"/dfc" not found' not in res.stderr
