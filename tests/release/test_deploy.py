@@ -211,3 +211,21 @@ def test_paramiko_is_strict(sshd_server):
     with pytest.raises(paramiko.SSHException):
         client.connect(sshd_server.host, sshd_server.port, username=sshd_server.user,
                        key_filename=str(sshd_server.key_file), allow_agent=False, look_for_keys=False)
+
+
+def test_preflight_refuses_hailort_driver_mismatch(tmp_path, doubles_on_path):
+    from tests.fixtures.testbed import Testbed
+
+    bed = Testbed(tmp_path, hailo_bin=str(doubles_on_path / "hailo"))
+    try:
+        bundle = bed.build("v1", "cfg-1")
+        assert _manifest(bundle)["hef"]["hailort_version"] == "4.23.0"
+        t = LocalTransport()
+        old = bed.device("pi-drv", "local", free_port(), driver_version_command=["sh", "-c", "echo 4.20.0"])
+        with pytest.raises(dep.PreflightRefused, match="does not match the host driver '4.20.0'"):
+            _deploy(t, old, bed, bundle, "v1")
+        assert dep.status(t, old)["current"] is None  # nothing was switched or started
+        same = bed.device("pi-drv", "local", free_port(), driver_version_command=["sh", "-c", "echo 4.23.0"])
+        assert _deploy(t, same, bed, bundle, "v1").ok
+    finally:
+        bed.stop_sidecars()
