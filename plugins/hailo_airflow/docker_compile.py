@@ -61,8 +61,5 @@ class DockerOperatorRunner:
         except DockerContainerFailedException as exc:
             logs = exc.logs if isinstance(exc.logs, list) else [str(exc.logs or exc)]
             return CommandResult(1, "", "\n".join(str(x) for x in logs))
-        if isinstance(lines, list):
-            text = "\n".join(str(x) for x in lines)
-        else:
-            text = "" if lines is None else str(lines)
-        return CommandResult(0, text, "")
+        output = lines if isinstance(lines, list) else ([] if lines is None else [lines])
+        return CommandResult(0, "\n".join(str(x) for x in output), "")
