@@ -110,7 +110,7 @@ def compile_hef(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, com
         calib_path=calib, hw_arch=env.hw_arch, hailo=hailo, runner=command_runner, cache_dir=env.root / "compile-cache",
         allow_placeholder=not req.production,
     )
-    assert_deployable(out.hef_path, production=req.production)
+    assert_deployable(out, production=req.production)  # the result: refuses placeholders and double-built HEFs
     store.put_file(req.release_tag, out.hef_path.name, out.hef_path)
     store.put_file(req.release_tag, "hef_sha256sum.txt", out.sums_path)
     store.put_file(req.release_tag, calib.name, calib)
