@@ -9,12 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from release.errors import ConfigError, InvalidIdentifier
 from release.identifiers import DeviceName
+from release.validated import DeviceStr
 
 
 class DeviceSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str
+    name: DeviceStr
     transport: Literal["local", "ssh"]
     agent_root: str = Field(description="the device agent's --root on the device")
     agent_python: str = "/usr/bin/python3"
@@ -31,11 +32,6 @@ class DeviceSpec(BaseModel):
     identify_command: list[str] | None = None
     driver_version_command: list[str] | None = None
     health_timeout_s: float = Field(30.0, gt=0, le=600)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return DeviceName(v).value
 
     @field_validator("agent_root")
     @classmethod

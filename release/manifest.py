@@ -18,8 +18,8 @@ import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from release.errors import ManifestError
-from release.identifiers import ContinuityId, DeviceName, ReleaseTag
 from release.states import ReleaseState
+from release.validated import ContinuityIdStr, DeviceStr, TagStr
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
@@ -102,11 +102,11 @@ class StepRecord(_Frozen):
 
 class ReleaseManifest(_Frozen):
     schema_version: Literal[1] = 1
-    release_tag: str
+    release_tag: TagStr
     release_counter: int = Field(ge=1)
     channel: str = "stable"
-    device: str | None = None
-    continuity_id: str
+    device: DeviceStr | None = None
+    continuity_id: ContinuityIdStr
     config_version: str = Field(min_length=1)
     git_commit: str = Field(pattern=r"^([0-9a-f]{40}|unknown)$")
     created_at: dt.datetime
@@ -114,29 +114,14 @@ class ReleaseManifest(_Frozen):
     hef: HefArtifact
     image: RuntimeImage
     gate: GateRecord
-    previous_release_tag: str | None
+    previous_release_tag: TagStr | None
     state: ReleaseState = ReleaseState.MANIFEST_WRITTEN
     kind: Literal["release", "rollback"] = "release"
-    points_to_release_tag: str | None = Field(
+    points_to_release_tag: TagStr | None = Field(
         None, description="for a rollback entry: the earlier release whose artifacts it re-activates"
     )
     signatures: tuple[SignatureRef, ...] = ()
     steps: tuple[StepRecord, ...] = ()
-
-    @field_validator("release_tag", "previous_release_tag", "points_to_release_tag")
-    @classmethod
-    def _tag_grammar(cls, v: str | None) -> str | None:
-        return None if v is None else ReleaseTag(v).value
-
-    @field_validator("continuity_id")
-    @classmethod
-    def _continuity_grammar(cls, v: str) -> str:
-        return ContinuityId.parse(v).value
-
-    @field_validator("device")
-    @classmethod
-    def _device_grammar(cls, v: str | None) -> str | None:
-        return None if v is None else DeviceName(v).value
 
     @field_validator("created_at")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from release.errors import InvalidInput
-from release.identifiers import ContinuityId, DeviceName, ReleaseTag
+from release.validated import ContinuityIdStr, DeviceStr, TagStr
 
 # Gate overrides a trigger may set, with the bounds that keep them safe: limits may only be
 # tightened relative to the product targets (p95 < 50 ms, >= 20 windows/s).
@@ -32,29 +32,14 @@ _ONNX_LOCATION = re.compile(r"^(sample|gs://[a-z0-9][a-z0-9._-]{1,220}/[A-Za-z0-
 class ReleaseRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    continuity_id: str
-    release_tag: str
+    continuity_id: ContinuityIdStr
+    release_tag: TagStr
     onnx_location: str = SAMPLE_MODEL
     config_version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    device: str = "local"
+    device: DeviceStr = "local"
     gate_overrides: dict[str, float] = Field(default_factory=dict)
     production: bool = False
     triggered_by: str = Field("unknown", max_length=200)
-
-    @field_validator("continuity_id")
-    @classmethod
-    def _cid(cls, v: str) -> str:
-        return ContinuityId.parse(v).value
-
-    @field_validator("release_tag")
-    @classmethod
-    def _tag(cls, v: str) -> str:
-        return ReleaseTag(v).value
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return DeviceName(v).value
 
     @field_validator("onnx_location")
     @classmethod
