@@ -1,68 +1,244 @@
 """Sign the release bundle — HEF, ONNX and manifest together — with OpenSSF model-signing.
 
-Key mode (EC P-256 private key, fully offline) is the default here; `KeylessBundleSigner` uses
-sigstore's keyless flow (Fulcio + Rekor with the ambient OIDC identity, e.g. GitHub Actions'
-`id-token: write`) behind the same interface. The signature is a sigstore bundle over a manifest
-of per-file digests, so changing, adding or removing any file of the bundle fails verification.
+A bundle is one flat directory: ``manifest.json``, one ``*.onnx``, one ``*.hef`` and optionally
+``hef_sha256sum.txt``. The signature (a sigstore bundle, DSSE over an in-toto statement listing
+every file's sha256) lives outside the directory, so changing, adding or removing any file fails
+verification, and the error names the file.
+
+Key mode (EC P-256 PEM key, fully offline) is the offline default; `KeylessBundleSigner` uses
+sigstore's keyless flow (Fulcio certificate + Rekor entry for the workflow's OIDC identity, e.g.
+GitHub Actions with ``permissions: id-token: write``) behind the same `BundleSigner` interface and
+is the production default there (`select_bundle_signer`).
+
+model-signing's default hashing skips ``.git*`` / ``.github/`` paths, on signing *and* on
+verification; a release bundle has no such files, so both sides here hash every file — otherwise a
+``.gitignore`` slipped into a bundle would go unnoticed.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from release.errors import IntegrityError, InvalidInput
+from release.checksums import parse_sha256sum, sha256_file
+from release.errors import IntegrityError, InvalidInput, StepFailed
 
-BUNDLE_FILES = ("manifest.json", "model.hef", "model.onnx")
+if TYPE_CHECKING:
+    from model_signing import hashing
+
+MANIFEST_FILE = "manifest.json"
+HEF_CHECKSUM_FILE = "hef_sha256sum.txt"
+BUNDLE_SIGNATURE_NAME = "bundle.sig"
+GITHUB_OIDC_ISSUER = "https://token.actions.githubusercontent.com"
+_GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_GITHUB_WORKFLOW = re.compile(r"^\.github/workflows/[A-Za-z0-9_.-]+\.ya?ml$")
+_GITHUB_REF = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9_./-]+$")
 
 
 class BundleSigner(Protocol):
+    """Signs a bundle directory into a signature file outside it; returns the signature path."""
+
     def sign(self, bundle_dir: Path, signature: Path) -> Path: ...
 
 
-def _check_bundle(bundle_dir: Path, signature: Path) -> None:
-    missing = [f for f in BUNDLE_FILES if not (bundle_dir / f).is_file()]
-    if missing:
-        raise InvalidInput(f"bundle {bundle_dir} lacks {missing}")
+def _hashing_config() -> hashing.Config:
+    from model_signing import hashing
+
+    # Every file, no git-path exemptions, no symlinks (a symlink makes hashing fail).
+    return hashing.Config().set_ignored_paths(paths=[], ignore_git_paths=False)  # type: ignore[no-untyped-call]
+
+
+def check_bundle(bundle_dir: Path) -> list[str]:
+    """The bundle's file names, after checking its layout (raises InvalidInput)."""
+    if not bundle_dir.is_dir():
+        raise InvalidInput(f"bundle directory {bundle_dir} does not exist")
+    entries = sorted(bundle_dir.iterdir())
+    odd = [p.name for p in entries if p.is_symlink() or not p.is_file()]
+    if odd:
+        raise InvalidInput(f"bundle {bundle_dir} may hold regular files only; found {odd}")
+    names = [p.name for p in entries]
+    hefs = [n for n in names if n.endswith(".hef")]
+    onnxs = [n for n in names if n.endswith(".onnx")]
+    if MANIFEST_FILE not in names or len(hefs) != 1 or len(onnxs) != 1:
+        raise InvalidInput(
+            f"bundle {bundle_dir} must hold {MANIFEST_FILE}, exactly one *.hef and one *.onnx; found {names}"
+        )
+    extra = set(names) - {MANIFEST_FILE, HEF_CHECKSUM_FILE, hefs[0], onnxs[0]}
+    if extra:
+        raise InvalidInput(f"bundle {bundle_dir} holds unexpected files {sorted(extra)}")
+    if HEF_CHECKSUM_FILE in names:
+        entries_ = parse_sha256sum(bundle_dir / HEF_CHECKSUM_FILE)
+        listed = {Path(name).name: digest for digest, name in entries_}
+        if listed.get(hefs[0]) != sha256_file(bundle_dir / hefs[0]):
+            raise IntegrityError(f"{HEF_CHECKSUM_FILE} in {bundle_dir} does not match {hefs[0]}")
+    return names
+
+
+def _check_signature_target(bundle_dir: Path, signature: Path) -> None:
     if signature.resolve().parent == bundle_dir.resolve():
         raise InvalidInput("write the bundle signature outside the bundle directory (it would sign itself)")
 
 
 class KeyBundleSigner:
-    def __init__(self, private_key: Path) -> None:
-        self.private_key = private_key
+    """Key mode: ECDSA P-256 over the bundle, fully offline; verify with `verify_bundle`."""
+
+    def __init__(self, private_key: Path, password: str | None = None) -> None:
+        self.private_key = Path(private_key)
+        self._password = password
 
     def sign(self, bundle_dir: Path, signature: Path) -> Path:
         import model_signing
 
-        _check_bundle(bundle_dir, signature)
-        config = model_signing.signing.Config()  # type: ignore[no-untyped-call]
-        config.use_elliptic_key_signer(private_key=self.private_key).sign(bundle_dir, signature)
+        check_bundle(bundle_dir)
+        _check_signature_target(bundle_dir, signature)
+        config = model_signing.signing.Config().set_hashing_config(_hashing_config())  # type: ignore[no-untyped-call]
+        try:
+            config.use_elliptic_key_signer(private_key=self.private_key, password=self._password)
+        except (OSError, ValueError, TypeError) as exc:
+            # The message names the key file and the failure type, never key material.
+            raise InvalidInput(f"cannot use signing key {self.private_key}: {type(exc).__name__}") from None
+        config.sign(bundle_dir, signature)
         return signature
+
+
+def github_workflow_identity(repository: str, workflow_path: str, ref: str) -> str:
+    """The certificate identity (SAN URI) Fulcio gives a GitHub Actions workflow run."""
+    if not _GITHUB_REPO.fullmatch(repository):
+        raise InvalidInput(f"GitHub repository {repository!r} is not OWNER/NAME")
+    if not _GITHUB_WORKFLOW.fullmatch(workflow_path):
+        raise InvalidInput(f"workflow path {workflow_path!r} is not .github/workflows/<file>.yml")
+    if not _GITHUB_REF.fullmatch(ref) or ".." in ref:
+        raise InvalidInput(f"git ref {ref!r} is not refs/heads/... or refs/tags/...")
+    return f"https://github.com/{repository}/{workflow_path}@{ref}"
+
+
+def github_oidc_available(environ: Mapping[str, str]) -> bool:
+    """True inside a GitHub Actions job granted ``id-token: write`` (the runner sets both variables)."""
+    return bool(environ.get("ACTIONS_ID_TOKEN_REQUEST_URL") and environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN"))
 
 
 class KeylessBundleSigner:
-    """sigstore keyless signing; needs network and an OIDC identity (production CI only)."""
+    """sigstore keyless signing (Fulcio + Rekor). Needs network and an OIDC identity: an explicit
+    token, or GitHub Actions' ambient one. Without either it refuses up front — model-signing would
+    otherwise fall back to an interactive browser login, which hangs a CI job."""
+
+    def __init__(self, identity_token: str | None = None, *, use_staging: bool = False,
+                 oidc_issuer: str | None = None, environ: Mapping[str, str] | None = None) -> None:
+        self._identity_token = identity_token
+        self.use_staging = use_staging
+        self.oidc_issuer = oidc_issuer
+        self._environ = os.environ if environ is None else environ
+
+    def signer_options(self) -> dict[str, object]:
+        """The keyword arguments handed to model-signing's `use_sigstore_signer` (token redacted)."""
+        if not self._identity_token and not github_oidc_available(self._environ):
+            raise StepFailed(
+                "keyless signing needs an OIDC identity: run in GitHub Actions with `permissions: id-token: write` "
+                "or pass an identity token; use key mode (KeyBundleSigner) offline"
+            )
+        return {"use_ambient_credentials": self._identity_token is None, "identity_token": self._identity_token,
+                "use_staging": self.use_staging, "oidc_issuer": self.oidc_issuer, "force_oob": True}
 
     def sign(self, bundle_dir: Path, signature: Path) -> Path:
         import model_signing
 
-        _check_bundle(bundle_dir, signature)
-        config = model_signing.signing.Config()  # type: ignore[no-untyped-call]
-        config.use_sigstore_signer().sign(bundle_dir, signature)
+        check_bundle(bundle_dir)
+        _check_signature_target(bundle_dir, signature)
+        options = self.signer_options()
+        config = model_signing.signing.Config().set_hashing_config(_hashing_config())  # type: ignore[no-untyped-call]
+        try:
+            config.use_sigstore_signer(**options)  # type: ignore[arg-type]
+            config.sign(bundle_dir, signature)
+        except Exception as exc:  # sigstore raises TUF, network and OIDC errors of many types
+            raise StepFailed(f"keyless signing of {bundle_dir.name} failed: {type(exc).__name__}: {exc}") from None
         return signature
 
 
-def verify_bundle(bundle_dir: Path, signature: Path, public_key: Path) -> None:
-    """Raise IntegrityError unless every file of the bundle matches the signed manifest."""
-    import model_signing
+def select_bundle_signer(private_key: Path | None, environ: Mapping[str, str] | None = None) -> BundleSigner:
+    """Keyless inside GitHub Actions with an OIDC token (production default there); key mode otherwise."""
+    env = os.environ if environ is None else environ
+    if env.get("GITHUB_ACTIONS") == "true" and github_oidc_available(env):
+        return KeylessBundleSigner(environ=env)
+    if private_key is None:
+        raise InvalidInput("no OIDC identity (not in GitHub Actions) and no signing key: cannot sign the bundle")
+    return KeyBundleSigner(private_key)
+
+
+def signed_digests(signature: Path) -> dict[str, str]:
+    """File name → sha256 hex as listed in the signature's in-toto statement.
+
+    Only meaningful once model-signing has verified the signature (it raises "Signature mismatch"
+    only after the DSSE signature itself verified), so the listing can be trusted then.
+    """
+    import base64
+    import json
+
+    doc = json.loads(signature.read_bytes())
+    statement = json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))
+    return {str(r["name"]): str(r["digest"]) for r in statement["predicate"]["resources"]}
+
+
+def _mismatch_summary(bundle_dir: Path, signature: Path) -> str:
+    try:
+        expected = signed_digests(signature)
+    except (ValueError, KeyError, TypeError):
+        return "file digests differ"
+    actual = {p.relative_to(bundle_dir).as_posix(): p for p in sorted(bundle_dir.rglob("*")) if p.is_file()}
+    parts = []
+    changed = [n for n in expected if n in actual and sha256_file(actual[n]) != expected[n]]
+    for label, names in (("changed", changed), ("added", sorted(set(actual) - set(expected))),
+                         ("removed", sorted(set(expected) - set(actual)))):
+        if names:
+            parts.append(f"{label}: {', '.join(names)}")
+    return "; ".join(parts) or "file digests differ"
+
+
+def _verify(bundle_dir: Path, signature: Path, configure: object) -> None:
+    """Shared verification: `configure` sets the verifier on a model-signing verifying Config."""
+    from cryptography.exceptions import InvalidSignature
 
     if not signature.is_file():
         raise IntegrityError(f"bundle signature {signature} is missing")
+    if not bundle_dir.is_dir():
+        raise IntegrityError(f"bundle directory {bundle_dir} is missing")
+    import model_signing
+
+    config = model_signing.verifying.Config().set_hashing_config(_hashing_config())  # type: ignore[no-untyped-call]
     try:
-        config = model_signing.verifying.Config()  # type: ignore[no-untyped-call]
-        config.use_elliptic_key_verifier(public_key=public_key).verify(bundle_dir, signature)
+        configure(config)  # type: ignore[operator]
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"cannot load the verification key: {type(exc).__name__}") from None
+    except Exception as exc:  # keyless: sigstore's trust root (TUF) could not be fetched
+        raise StepFailed(f"cannot set up the sigstore verifier: {type(exc).__name__}: {exc}") from None
+    try:
+        config.verify(bundle_dir, signature)
+    except InvalidSignature:
+        raise IntegrityError(f"bundle signature {signature.name} does not verify with the release public key") from None
     except ValueError as exc:
-        raise IntegrityError(f"bundle {bundle_dir.name} does not match its signature: {exc}") from None
-    except Exception as exc:  # a corrupted signature file fails inside protobuf / sigstore parsing
+        msg = str(exc)
+        if msg.startswith("Signature mismatch"):
+            raise IntegrityError(f"bundle {bundle_dir.name} does not match its signature ({_mismatch_summary(bundle_dir, signature)})") from None
+        if msg.startswith("Key mismatch"):
+            raise IntegrityError(f"bundle signature {signature.name} was made with a different key") from None
+        raise IntegrityError(f"bundle signature {signature.name} is invalid: {msg}") from None
+    except Exception as exc:  # a corrupted signature file fails inside JSON / protobuf / sigstore parsing
         raise IntegrityError(f"bundle signature {signature.name} is unreadable or invalid: {type(exc).__name__}: {exc}") from None
+    try:
+        check_bundle(bundle_dir)
+    except InvalidInput as exc:  # signed by something that did not check the layout
+        raise IntegrityError(f"signed bundle has an invalid layout: {exc}") from None
+
+
+def verify_bundle(bundle_dir: Path, signature: Path, public_key: Path) -> None:
+    """Key mode: raise IntegrityError, naming what failed, unless every file matches the signature."""
+    _verify(bundle_dir, signature, lambda c: c.use_elliptic_key_verifier(public_key=public_key))
+
+
+def verify_bundle_keyless(bundle_dir: Path, signature: Path, identity: str, oidc_issuer: str = GITHUB_OIDC_ISSUER,
+                          use_staging: bool = False) -> None:
+    """Keyless: the certificate must name `identity` issued by `oidc_issuer` (needs sigstore's trust root)."""
+    _verify(bundle_dir, signature,
+            lambda c: c.use_sigstore_verifier(identity=identity, oidc_issuer=oidc_issuer, use_staging=use_staging))

@@ -16,18 +16,38 @@ PUBLIC_NAME = "release-signing.pub"
 
 
 def generate_dev_keypair(keys_dir: Path) -> tuple[Path, Path]:
-    """Create (once) a dev key pair for the embedded-default demo; returns (private, public)."""
+    """Create (once) a dev key pair for the embedded-default demo; returns (private, public).
+
+    An existing private key is kept (its public half is re-derived if missing); the private key
+    file is always left 0600 and the directory 0700.
+    """
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(keys_dir, 0o700)
     priv_path, pub_path = keys_dir / PRIVATE_NAME, keys_dir / PUBLIC_NAME
-    if priv_path.is_file() and pub_path.is_file():
-        return priv_path, pub_path
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    pub_path.write_bytes(public_pem(key.public_key()))
+    if priv_path.is_file():
+        os.chmod(priv_path, 0o600)
+        key = load_private_key(priv_path)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        _write_private(priv_path, pem)
+    if not pub_path.is_file() or pub_path.read_bytes() != public_pem(key.public_key()):
+        pub_path.write_bytes(public_pem(key.public_key()))
     return priv_path, pub_path
+
+
+def _write_private(dest: Path, pem: bytes) -> None:
+    """Temp file created 0600, fsynced, renamed: the key is never readable by others, even briefly."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
