@@ -1,10 +1,15 @@
 """The artifact store on Google Cloud Storage, through the Google provider's GCSHook.
 
 Layout: gs://<bucket>/<prefix>/<tag>/<name>, manifests and checksums beside the artifacts.
-Artifacts are written first; `manifest.json` last, with the precondition ifGenerationMatch=0, so
-it appears whole or not at all and two publishers cannot both win. Every upload is verified
-after the fact by reading the object back and comparing sha256: GCS's own md5/crc32c cover
-transport, but only a read-back proves the published bytes are the ones we signed.
+Artifacts are written first; `manifest.json` last — the published marker — with the precondition
+ifGenerationMatch=0, so it appears whole or not at all and of two publishers exactly one wins.
+(GCSHook.upload has no precondition parameter, so publish uses the hook's storage client.)
+
+Every upload is verified by reading the object back and comparing sha256, not by comparing the
+server's md5/crc32c metadata: those only prove the transfer, while the read-back proves that the
+bytes now served under that name — what the device will fetch and what the bundle signature
+covers — are the ones we meant to publish, and sha256 is the digest the manifest records.
+Artifacts are small (HEF/ONNX: a few MB), so the second transfer is cheap.
 """
 
 from __future__ import annotations
@@ -51,10 +56,20 @@ class GcsArtifactStore:
         if self.is_published(tag):
             raise ArtifactExists(f"release {tag} is already published in gs://{self.bucket_name}; it is immutable")
 
-    def _verify(self, obj: str, expected_sha256: str) -> None:
-        data = self._bucket.blob(obj).download_as_bytes()
-        if sha256_bytes(data) != expected_sha256:
-            raise IntegrityError(f"gs://{self.bucket_name}/{obj}: read-back sha256 does not match the upload")
+    def verify(self, tag: str, name: str, expected_sha256: str) -> None:
+        """Read the object back and raise IntegrityError unless its sha256 is `expected_sha256`."""
+        obj = self._object(tag, name)
+        actual = sha256_bytes(self.get_bytes(tag, name))
+        if actual != expected_sha256:
+            raise IntegrityError(f"gs://{self.bucket_name}/{obj}: sha256 {actual} does not match the expected {expected_sha256}")
+
+    def _check_still_unpublished(self, tag: str, name: str) -> None:
+        # A publish may land between the check before an upload and the upload itself; GCS offers
+        # no cross-object transaction, so detect it and fail loudly (the bundle signature would
+        # refuse the changed artifact before any deploy anyway).
+        if self.is_published(tag):
+            raise ArtifactExists(f"release {tag} was published while {name} was being written; {name} may differ "
+                                 "from what was signed — re-verify the release")
 
     def put_bytes(self, tag: str, name: str, data: bytes) -> ArtifactRef:
         if name == MANIFEST_NAME:
@@ -62,8 +77,9 @@ class GcsArtifactStore:
         self._refuse_if_published(tag)
         obj = self._object(tag, name)
         self.hook.upload(bucket_name=self.bucket_name, object_name=obj, data=data)
+        self._check_still_unpublished(tag, name)
         digest = sha256_bytes(data)
-        self._verify(obj, digest)
+        self.verify(tag, name, digest)
         return ArtifactRef(tag, name, self.uri(tag, name), digest, len(data))
 
     def put_file(self, tag: str, name: str, src: Path) -> ArtifactRef:
@@ -73,22 +89,26 @@ class GcsArtifactStore:
             raise ArtifactNotFound(f"cannot store {src}: no such file")
         self._refuse_if_published(tag)
         obj = self._object(tag, name)
-        self.hook.upload(bucket_name=self.bucket_name, object_name=obj, filename=str(src))
         digest = sha256_file(src)
-        self._verify(obj, digest)
+        self.hook.upload(bucket_name=self.bucket_name, object_name=obj, filename=str(src))
+        self._check_still_unpublished(tag, name)
+        self.verify(tag, name, digest)
         return ArtifactRef(tag, name, self.uri(tag, name), digest, Path(src).stat().st_size)
 
     def get_bytes(self, tag: str, name: str) -> bytes:
+        from google.api_core.exceptions import NotFound
+
         obj = self._object(tag, name)
-        if not self.hook.exists(bucket_name=self.bucket_name, object_name=obj):
-            raise ArtifactNotFound(f"no artifact gs://{self.bucket_name}/{obj}")
-        return bytes(self.hook.download(bucket_name=self.bucket_name, object_name=obj))
+        try:
+            return bytes(self.hook.download(bucket_name=self.bucket_name, object_name=obj))
+        except NotFound:
+            raise ArtifactNotFound(f"no artifact gs://{self.bucket_name}/{obj}") from None
 
     def fetch(self, tag: str, name: str, dest: Path) -> Path:
         data = self.get_bytes(tag, name)
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+        with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False) as tmp:
             tmp.write(data)
         Path(tmp.name).replace(dest)
         return dest
@@ -100,14 +120,20 @@ class GcsArtifactStore:
         from google.api_core.exceptions import PreconditionFailed
 
         obj = self._object(tag, MANIFEST_NAME)
+        blob = self._bucket.blob(obj)
         try:
-            self._bucket.blob(obj).upload_from_string(manifest_bytes, content_type="application/json", if_generation_match=0)
+            blob.upload_from_string(manifest_bytes, content_type="application/json", if_generation_match=0)
         except PreconditionFailed:
             raise ArtifactExists(f"release {tag} is already published; it is immutable") from None
         except Exception as exc:  # google-cloud-storage raises many transport types
-            raise StepFailed(f"publishing {obj}: {exc}") from None
+            raise StepFailed(f"publishing {obj}: {type(exc).__name__}: {exc}") from None
         digest = sha256_bytes(manifest_bytes)
-        self._verify(obj, digest)
+        try:
+            self.verify(tag, MANIFEST_NAME, digest)
+        except IntegrityError:
+            # Never leave a corrupt manifest published; delete only the generation we wrote.
+            blob.delete(if_generation_match=blob.generation)
+            raise
         return ArtifactRef(tag, MANIFEST_NAME, self.uri(tag, MANIFEST_NAME), digest, len(manifest_bytes))
 
     def is_published(self, tag: str) -> bool:

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 
-from release.errors import ArtifactExists, ArtifactNotFound, IntegrityError
+from release.checksums import sha256_bytes
+from release.errors import ArtifactExists, ArtifactNotFound, IntegrityError, InvalidIdentifier
 from release.store import ArtifactStore, next_release_counter
 from tests.fixtures.manifests import make_manifest
 
 pytestmark = pytest.mark.airflow
 
 
-@pytest.fixture
-def store(gcs_connection, request):
+def _raw_client():
+    """A plain storage client: writes 'behind the store's back'."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
+
+    return storage.Client(project="test", credentials=AnonymousCredentials())
+
+
+@pytest.fixture
+def store(gcs_connection):
     from hailo_airflow.gcs_store import GcsArtifactStore
 
-    bucket = f"hailo-{request.node.name.replace('_', '-')[:40]}".lower()
-    storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(bucket)
+    bucket = f"hailo-{uuid.uuid4().hex[:16]}"
+    _raw_client().create_bucket(bucket)
     return GcsArtifactStore(gcp_conn_id=gcs_connection, bucket=bucket)
 
 
@@ -72,5 +80,67 @@ def test_corrupted_upload_detected(store, monkeypatch):
         return original(**kw)
 
     monkeypatch.setattr(store.hook, "upload", corrupting_upload)
-    with pytest.raises(IntegrityError, match="read-back sha256"):
+    with pytest.raises(IntegrityError, match=r"releases/v3/a.txt: sha256 .* does not match"):
         store.put_bytes("v3", "a.txt", b"payload")
+
+
+def test_object_replaced_behind_the_stores_back_fails_verify(store):
+    ref = store.put_bytes("v4", "model.onnx", b"the real model")
+    store.verify("v4", "model.onnx", ref.sha256)
+    _raw_client().bucket(store.bucket_name).blob("releases/v4/model.onnx").upload_from_string(b"an evil model")
+    with pytest.raises(IntegrityError, match=r"releases/v4/model.onnx: sha256 .* does not match"):
+        store.verify("v4", "model.onnx", ref.sha256)
+    with pytest.raises(ArtifactNotFound):
+        store.verify("v4", "absent.bin", sha256_bytes(b""))
+
+
+def test_publish_landing_during_an_upload_is_reported(store, monkeypatch):
+    original = store.hook.upload
+
+    def upload_then_someone_publishes(**kw):
+        original(**kw)
+        _raw_client().bucket(store.bucket_name).blob("releases/v5/manifest.json").upload_from_string(b"{}")
+
+    monkeypatch.setattr(store.hook, "upload", upload_then_someone_publishes)
+    with pytest.raises(ArtifactExists, match="published while late.txt was being written"):
+        store.put_bytes("v5", "late.txt", b"x")
+
+
+@pytest.mark.parametrize("tag,name", [("v1;rm -rf /", "a.txt"), ("v1", "../x"), ("v1", "manifest.json")])
+def test_bad_tags_and_names_are_refused(store, tag, name):
+    with pytest.raises(InvalidIdentifier):
+        store.put_bytes(tag, name, b"x")
+
+
+def test_signed_bundle_published_to_gcs_and_verified_after_fetch(store, tmp_path, sample_onnx_path):
+    """The release as the device sees it: signed locally, published to GCS, fetched back, verified;
+    an artifact swapped in the bucket afterwards is refused by the bundle signature."""
+    import shutil
+
+    from release.bundle_signing import KeyBundleSigner, verify_bundle
+    from release.checksums import write_sha256sum
+    from release.keys import generate_dev_keypair
+
+    priv, pub = generate_dev_keypair(tmp_path / "keys")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(sample_onnx_path, src / "model.onnx")
+    (src / "tcn_encoder-v6.hef").write_bytes(b"\x01HEF" * 4096)
+    write_sha256sum([src / "tcn_encoder-v6.hef"], src / "hef_sha256sum.txt")
+    (src / "manifest.json").write_bytes(make_manifest(release_tag="v6").canonical_json())
+    KeyBundleSigner(priv).sign(src, tmp_path / "bundle.sig")
+    names = ["model.onnx", "tcn_encoder-v6.hef", "hef_sha256sum.txt"]
+    for name in names:
+        store.put_file("v6", name, src / name)
+    store.put_file("v6", "bundle.sig", tmp_path / "bundle.sig")
+    store.publish("v6", (src / "manifest.json").read_bytes())
+
+    def fetch_all(dest):
+        for name in [*names, "manifest.json"]:
+            store.fetch("v6", name, dest / name)
+        return dest, store.fetch("v6", "bundle.sig", dest.parent / f"{dest.name}.sig")
+
+    verify_bundle(*fetch_all(tmp_path / "fetched"), pub)
+    _raw_client().bucket(store.bucket_name).blob("releases/v6/tcn_encoder-v6.hef").upload_from_string(b"\x01HEF evil")
+    with pytest.raises(IntegrityError, match=r"\(changed: tcn_encoder-v6.hef\)"):
+        verify_bundle(*fetch_all(tmp_path / "fetched2"), pub)
