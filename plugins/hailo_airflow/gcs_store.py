@@ -141,4 +141,6 @@ class GcsArtifactStore:
 
     def list_published(self) -> list[str]:
         names = self.hook.list(bucket_name=self.bucket_name, prefix=f"{self.prefix}/", match_glob=f"**/{MANIFEST_NAME}")
-        return sorted({n.split("/")[-2] for n in names if n.endswith(f"/{MANIFEST_NAME}")})
+        # Only <prefix>/<tag>/manifest.json marks a release; an artifact named dir/manifest.json does not.
+        depth = self.prefix.count("/") + 3
+        return sorted({n.split("/")[-2] for n in names if n.count("/") + 1 == depth and n.endswith(f"/{MANIFEST_NAME}")})

@@ -40,6 +40,7 @@ def test_round_trip_and_publish(store, tmp_path):
     assert ref.uri == f"gs://{store.bucket_name}/releases/v1/tcn_encoder-v1.hef"
     store.put_bytes("v1", "hef_sha256sum.txt", f"{ref.sha256}  tcn_encoder-v1.hef\n".encode())
     assert store.fetch("v1", "tcn_encoder-v1.hef", tmp_path / "out.hef").read_bytes() == src.read_bytes()
+    store.put_bytes("v1", "reports/manifest.json", b"{}")  # an artifact, not the published marker
     assert not store.is_published("v1") and store.list_published() == []
     store.publish("v1", make_manifest(release_tag="v1").canonical_json())
     assert store.is_published("v1") and store.list_published() == ["v1"]
