@@ -243,6 +243,10 @@ class Agent:
         entry = self.journal()
         if entry is None:
             return {"recovered": False}
+        if entry.get("op") == "unknown":
+            # Torn journal write: the pointers were never touched (the journal comes first).
+            self.clear_journal()
+            return {"recovered": True, "restored": self.pointer("current"), "restored_healthy": None, "interrupted": "unknown"}
         good = entry.get("restore_current")
         self.set_pointer("current", good)
         self.set_pointer("previous", entry.get("restore_previous"))

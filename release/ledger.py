@@ -105,3 +105,8 @@ class Ledger:
             if entry.event in ("deploy", "rollback", "promote"):
                 return entry
         return None
+
+    def history(self, device: str) -> list[LedgerEntry]:
+        """Every entry for the device, oldest first, after checking the hash chain."""
+        self.verify(device)
+        return self.entries(device)
