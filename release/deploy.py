@@ -114,3 +114,46 @@ def rollback(transport: Transport, device: DeviceSpec, to: str = "previous") -> 
 
 def status(transport: Transport, device: DeviceSpec) -> dict[str, Any]:
     return _agent(transport, device, "status").body
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What a canary deploy did and how long each part took; `status` is the agent's final view."""
+
+    tag: str
+    upload_s: float
+    activate_s: float
+    total_s: float
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    target: str
+    from_tag: str | None
+    time_to_healthy_s: float
+    status: dict[str, Any]
+
+
+def deploy_canary(transport: Transport, device: DeviceSpec, bundle_dir: Path, tag: str, public_key: Path) -> DeployResult:
+    """Install the agent, upload the bundle (verified, resumable), activate it; raise if it stayed unhealthy.
+
+    On Unhealthy / IntegrityError / PreflightRefused the device is already back on (or never left)
+    its last-known-good release: the agent restores it before answering.
+    """
+    tag = ReleaseTag(tag).value
+    t0 = time.monotonic()
+    install_agent(transport, device, public_key)
+    upload_bundle(transport, device, bundle_dir, tag)
+    t_up = time.monotonic()
+    activate(transport, device, tag)
+    t_act = time.monotonic()
+    return DeployResult(tag, t_up - t0, t_act - t_up, time.monotonic() - t0, status(transport, device))
+
+
+def rollback_to_healthy(transport: Transport, device: DeviceSpec, to: str = "previous") -> RollbackResult:
+    """Roll back and time it from the command to the target answering healthy (checked by the agent)."""
+    t0 = time.monotonic()
+    reply = rollback(transport, device, to)
+    elapsed = time.monotonic() - t0
+    return RollbackResult(str(reply.body["rolled_back_to"]), reply.body.get("from"), elapsed, status(transport, device))

@@ -9,6 +9,7 @@ into a shell string unquoted.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -35,6 +36,7 @@ class RemoteResult:
 class Transport(Protocol):
     def run(self, argv: list[str], timeout: float = 120.0) -> RemoteResult: ...
     def upload(self, local: Path, remote: str) -> None: ...
+    def download(self, remote: str, local: Path) -> None: ...
     def close(self) -> None: ...
 
 
@@ -56,6 +58,9 @@ class LocalTransport:
             part.unlink(missing_ok=True)
             raise IntegrityError(f"upload of {local} to {dest}: checksum mismatch after copy")
         os.replace(part, dest)
+
+    def download(self, remote: str, local: Path) -> None:
+        self.upload(Path(remote), str(local))
 
     def close(self) -> None:
         return None
@@ -120,8 +125,8 @@ class ParamikoTransport:
                         offset = sftp.stat(part).st_size or 0
                     except FileNotFoundError:
                         offset = 0
-                    if offset > size:
-                        sftp.remove(part)
+                    if offset > size or (offset and not self._prefix_matches(local, part, offset)):
+                        sftp.remove(part)  # not a prefix of this file: start over instead of resuming
                         offset = 0
                     with open(local, "rb") as fh, sftp.open(part, "ab" if offset else "wb") as out:
                         fh.seek(offset)
@@ -140,6 +145,35 @@ class ParamikoTransport:
                 last = exc
                 time.sleep(min(0.5 * attempt, 2.0))
         raise StepFailed(f"upload of {local} to {remote} failed after {self.retries} attempts: {last}")
+
+    def _prefix_matches(self, local: Path, part: str, length: int) -> bool:
+        with open(local, "rb") as fh:
+            want = hashlib.sha256(fh.read(length)).hexdigest()
+        # Constant script; the length and path arrive as positional parameters, never spliced in.
+        res = self.run(["sh", "-c", 'head -c "$1" -- "$2" | sha256sum', "sh", str(length), part], timeout=120)
+        return res.returncode == 0 and res.stdout.split()[:1] == [want]
+
+    def download(self, remote: str, local: Path) -> None:
+        """Fetch REMOTE to LOCAL.part, check it against the device's sha256, rename."""
+        import paramiko
+
+        expected = self._remote_sha256(remote)
+        if expected is None:
+            raise StepFailed(f"download of {remote}: cannot read it on the device")
+        part = local.with_name(local.name + ".part")
+        try:
+            sftp = self.client.open_sftp()
+            try:
+                sftp.get(remote, str(part))
+            finally:
+                sftp.close()
+        except (paramiko.SSHException, OSError) as exc:
+            part.unlink(missing_ok=True)
+            raise StepFailed(f"download of {remote} failed: {exc}") from None
+        if sha256_file(part) != expected:
+            part.unlink(missing_ok=True)
+            raise IntegrityError(f"download of {remote}: local copy does not match the device's sha256 {expected}")
+        os.replace(part, local)
 
     def close(self) -> None:
         self.client.close()

@@ -229,3 +229,50 @@ def test_preflight_refuses_hailort_driver_mismatch(tmp_path, doubles_on_path):
         assert _deploy(t, same, bed, bundle, "v1").ok
     finally:
         bed.stop_sidecars()
+
+
+def test_deploy_canary_and_timed_rollback_over_ssh(testbed, two_releases, ssh_transport_factory):
+    v1, v2 = two_releases
+    device = testbed.device("pi-canary", "ssh", free_port())
+    t = ssh_transport_factory()
+    try:
+        first = dep.deploy_canary(t, device, v1, "v1", testbed.public_key)
+        assert first.status["current"] == "v1" and first.status["healthy"] is True
+        second = dep.deploy_canary(t, device, v2, "v2", testbed.public_key)
+        assert second.status == {**second.status, "current": "v2", "previous": "v1", "healthy": True}
+        assert second.total_s >= second.upload_s + second.activate_s > 0
+        back = dep.rollback_to_healthy(t, device, "previous")
+        assert (back.target, back.from_tag, back.status["current"]) == ("v1", "v2", "v1")
+        assert back.status["healthy"] is True and back.time_to_healthy_s > 0
+        assert _health(device)["hef_sha256"] == _manifest(v1)["hef"]["hef_sha256"]
+    finally:
+        t.close()
+
+
+def test_resume_only_from_a_matching_prefix(testbed, ssh_transport_factory, tmp_path):
+    """A .part of the right length but other bytes is not resumed; the result is exact first time."""
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(500_000))
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "f.bin.part").write_bytes(os.urandom(200_000))
+    t = ssh_transport_factory()
+    t.retries = 1  # no second chance: the prefix check alone must get it right
+    try:
+        t.upload(src, str(tmp_path / "r" / "f.bin"))
+    finally:
+        t.close()
+    assert (tmp_path / "r" / "f.bin").read_bytes() == src.read_bytes()
+
+
+def test_download_is_verified(testbed, ssh_transport_factory, tmp_path):
+    src = tmp_path / "device.json"
+    src.write_bytes(os.urandom(70_000))
+    t = ssh_transport_factory()
+    try:
+        t.download(str(src), tmp_path / "copy.json")
+        with pytest.raises(StepFailed):
+            t.download(str(tmp_path / "missing"), tmp_path / "x")
+    finally:
+        t.close()
+    assert (tmp_path / "copy.json").read_bytes() == src.read_bytes()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
