@@ -7,7 +7,9 @@ set -euo pipefail
 DRY_RUN=0
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 # Detection is injectable so the refusal paths can be tested on any machine.
+# shellcheck source=/dev/null
 OS_ID="${HAILO_OS_ID:-$( . /etc/os-release 2>/dev/null && echo "${ID:-unknown}")}"
+# shellcheck source=/dev/null
 OS_CODENAME="${HAILO_OS_CODENAME:-$( . /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-unknown}")}"
 ARCH="${HAILO_ARCH:-$(uname -m)}"
 
