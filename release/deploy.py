@@ -99,6 +99,11 @@ def upload_bundle(transport: Transport, device: DeviceSpec, bundle_dir: Path, ta
         transport.upload(local, f"{remote}/{name}")
 
 
+def stage(transport: Transport, device: DeviceSpec, tag: str) -> AgentReply:
+    """Have the agent check the uploaded bundle against hef_sha256sum.txt and mark it complete."""
+    return _agent(transport, device, "stage", ReleaseTag(tag).value)
+
+
 def activate(transport: Transport, device: DeviceSpec, tag: str) -> AgentReply:
     return _agent(transport, device, "activate", ReleaseTag(tag).value)
 
@@ -145,6 +150,7 @@ def deploy_canary(transport: Transport, device: DeviceSpec, bundle_dir: Path, ta
     t0 = time.monotonic()
     install_agent(transport, device, public_key)
     upload_bundle(transport, device, bundle_dir, tag)
+    stage(transport, device, tag)
     t_up = time.monotonic()
     activate(transport, device, tag)
     t_act = time.monotonic()

@@ -16,6 +16,12 @@ Every command first runs `recover`: an unfinished switch found in the journal (a
 power lost, SSH dropped) is undone to the last-known-good release, so the device never stays in
 a half state and a re-run converges. Output: one JSON object on stdout.
 
+Signatures: the standard library has no ECDSA, so the manifest's ECDSA P-256 signature is checked
+with `openssl dgst -sha256 -verify PUB -signature SIG manifest.json` (argv, no shell); openssl
+ships with Raspberry Pi OS. The HEF and ONNX sha256 are then checked against the signed manifest.
+
+Commands: stage, verify, activate, rollback [--to TAG|previous], promote, status, recover.
+
 Exit codes: 0 ok · 1 failure · 2 usage / bad tag · 3 integrity (checksum or signature) ·
 4 preflight refused · 5 another operation holds the lock · 6 new release unhealthy, rolled back.
 """
@@ -308,6 +314,32 @@ class Agent:
         self.clear_journal()
         return {"rolled_back_to": target, "from": old_current, "healthy": True, "seconds": time.monotonic() - t0}
 
+    def stage(self, tag: str) -> dict[str, Any]:
+        """Check an uploaded bundle against its own sha256sum list and mark it complete.
+
+        This catches a truncated or mixed upload early; the signed manifest is checked again by
+        `activate`, which is what the release's integrity rests on.
+        """
+        rel = self.releases / check_tag(tag)
+        missing = [f for f in (*REQUIRED_FILES, "hef_sha256sum.txt") if not (rel / f).is_file()]
+        if missing:
+            raise AgentError(EXIT_INTEGRITY, f"release {tag}: bundle incomplete, missing {missing}")
+        checked = []
+        for line in (rel / "hef_sha256sum.txt").read_text().splitlines():
+            if not line.strip():
+                continue
+            match = re.fullmatch(r"([0-9a-f]{64}) [ *]([A-Za-z0-9_.-]+)", line.strip())
+            if match is None or match.group(2).startswith("."):
+                raise AgentError(EXIT_INTEGRITY, f"release {tag}: malformed line in hef_sha256sum.txt: {line[:80]!r}")
+            digest, name = match.groups()
+            if not (rel / name).is_file() or sha256_file(rel / name) != digest:
+                raise AgentError(EXIT_INTEGRITY, f"release {tag}: {name} does not match hef_sha256sum.txt")
+            checked.append(name)
+        if not checked:
+            raise AgentError(EXIT_INTEGRITY, f"release {tag}: hef_sha256sum.txt lists no files")
+        write_atomic(rel / ".staged", json.dumps({"checked": checked}).encode())
+        return {"staged": tag, "checked": checked}
+
     def promote(self, tag: str) -> dict[str, Any]:
         if self.pointer("current") != check_tag(tag):
             raise AgentError(EXIT_FAIL, f"cannot promote {tag}: current release is {self.pointer('current')}")
@@ -327,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("/opt/hailo"))
     parser.add_argument("--lock-timeout", type=float, default=0.0, help="seconds to wait for another operation")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("verify", "activate", "promote"):
+    for name in ("stage", "verify", "activate", "promote"):
         sub.add_parser(name).add_argument("tag")
     sub.add_parser("rollback").add_argument("--to", default="previous")
     sub.add_parser("status")
@@ -353,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "verify":
             agent.verify(args.tag)
             out: dict[str, Any] = {"verified": args.tag}
+        elif args.cmd == "stage":
+            out = agent.stage(args.tag)
         elif args.cmd == "activate":
             out = agent.activate(check_tag(args.tag))
         elif args.cmd == "promote":

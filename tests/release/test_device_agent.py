@@ -111,3 +111,47 @@ def test_torn_journal_counts_as_never_started(tmp_path: Path) -> None:
     assert body["interrupted"] == "unknown" and body["restored"] == "v1"
     assert os.readlink(tmp_path / "current") == "releases/v1"
     assert not (tmp_path / "journal.json").exists()
+
+
+def _bundle(root: Path, tag: str) -> Path:
+    import hashlib
+
+    rel = root / "releases" / tag
+    rel.mkdir(parents=True)
+    for name in ("manifest.json", "manifest.json.sig", "model.onnx"):
+        (rel / name).write_bytes(b"x")
+    (rel / "model.hef").write_bytes(os.urandom(4096))
+    digest = hashlib.sha256((rel / "model.hef").read_bytes()).hexdigest()
+    (rel / "hef_sha256sum.txt").write_text(f"{digest}  model.hef\n")
+    return rel
+
+
+def test_stage_checks_the_bundle_checksums(tmp_path: Path) -> None:
+    rel = _bundle(tmp_path, "v1")
+    code, body = _run(tmp_path, "stage", "v1")
+    assert code == 0 and body == {"staged": "v1", "checked": ["model.hef"]}
+    assert (rel / ".staged").is_file()
+
+    rel2 = _bundle(tmp_path, "v2")
+    data = bytearray((rel2 / "model.hef").read_bytes())
+    data[100] ^= 1  # one byte changed in transit
+    (rel2 / "model.hef").write_bytes(bytes(data))
+    code, body = _run(tmp_path, "stage", "v2")
+    assert code == device_agent.EXIT_INTEGRITY and "model.hef" in str(body["detail"])
+    assert not (rel2 / ".staged").exists()
+
+
+@pytest.mark.parametrize("line", ["deadbeef  model.hef", f"{'0' * 64}  ../../etc/passwd", ""])
+def test_stage_refuses_a_bad_checksum_list(tmp_path: Path, line: str) -> None:
+    rel = _bundle(tmp_path, "v1")
+    (rel / "hef_sha256sum.txt").write_text(line + "\n")
+    code, _ = _run(tmp_path, "stage", "v1")
+    assert code == device_agent.EXIT_INTEGRITY
+    assert not (rel / ".staged").exists()
+
+
+def test_stage_refuses_an_incomplete_upload(tmp_path: Path) -> None:
+    rel = _bundle(tmp_path, "v1")
+    (rel / "model.hef").unlink()
+    code, body = _run(tmp_path, "stage", "v1")
+    assert code == device_agent.EXIT_INTEGRITY and "missing" in str(body["detail"])
