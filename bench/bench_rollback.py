@@ -49,16 +49,15 @@ def rows() -> list[Row]:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        sshd, ssh_port, key, known = _sshd(root / "ssh" if (root / "ssh").mkdir() is None else root)
+        (root / "ssh").mkdir()
+        sshd, ssh_port, key, known = _sshd(root / "ssh")
         bed = Testbed(root / "bed")
         try:
             v1, v2 = bed.build("v1", "cfg-1"), bed.build("v2", "cfg-2")
             device = bed.device("pi-bench", "ssh", _port())
             t = ParamikoTransport(connect_ssh("127.0.0.1", ssh_port, getpass.getuser(), key, known))
-            dep.install_agent(t, device, bed.public_key)
-            for tag, bundle in (("v1", v1), ("v2", v2)):
-                dep.upload_bundle(t, device, bundle, tag)
-                dep.activate(t, device, tag)
+            dep.deploy_canary(t, device, v1, "v1", bed.public_key)
+            canary = dep.deploy_canary(t, device, v2, "v2", bed.public_key)
             times = []
             for i in range(5):
                 target = "v1" if i % 2 == 0 else "v2"
@@ -71,4 +70,6 @@ def rows() -> list[Row]:
             sshd.terminate()
     med, worst = statistics.median(times), max(times)
     return [Row("rollback to healthy previous (ssh, loopback)", med, "s", "< 5", worst < 5,
-                f"median of 5, worst {worst:.2f}s: verify, switch, restart, /readyz + identity")]
+                f"median of 5, worst {worst:.2f}s: verify, switch, restart, /readyz + identity"),
+            Row("canary deploy to healthy (ssh, loopback)", canary.total_s, "s", "", None,
+                f"agent install + upload {canary.upload_s:.2f}s (incl. stage), activate {canary.activate_s:.2f}s")]
