@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from release.errors import InvalidInput
+
 SPIN_S = 0.002
 
 
@@ -32,7 +34,7 @@ class Sample:
 def _connection(base_url: str, timeout: float) -> http.client.HTTPConnection:
     u = urllib.parse.urlsplit(base_url)
     if u.scheme != "http" or not u.hostname:
-        raise ValueError(f"load target must be an http:// URL, got {base_url!r}")
+        raise InvalidInput(f"load target must be an http:// URL, got {base_url!r}")
     return http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
 
 
@@ -47,6 +49,10 @@ def run_open_loop(
     consecutive_error_limit: int = 1_000_000,
 ) -> list[Sample]:
     """Send ``rate * duration_s`` single-window /infer requests on a fixed schedule."""
+    if not (rate > 0 and duration_s > 0 and concurrency >= 1 and len(windows)):
+        raise InvalidInput(f"load profile needs rate > 0, duration > 0, concurrency >= 1 and windows; got "
+                           f"rate={rate} duration_s={duration_s} concurrency={concurrency} windows={len(windows)}")
+    _connection(base_url, timeout_s).close()  # refuse a bad target here, not silently inside the workers
     count = max(1, round(rate * duration_s))
     bodies = [json.dumps({"x": w.tolist()}).encode() for w in windows]
     samples: list[Sample | None] = [None] * count
