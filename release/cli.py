@@ -109,6 +109,35 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_decide(args: argparse.Namespace) -> int:
+    import getpass
+
+    from release.pipeline import decide_held
+
+    env, store = _env_and_store()
+    with Progress().step(f"{args.decision} held release {args.tag} on {args.device}"):
+        result = decide_held(
+            env, store, device=args.device, tag=args.tag, decision=args.decision, reason=args.reason,
+            decided_by=f"cli:{getpass.getuser()}",
+        )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_attest(args: argparse.Namespace) -> int:
+    from release.bundle_signing import KeyBundleSigner, KeylessBundleSigner
+    from release.pipeline import attest_release
+
+    env, store = _env_and_store()
+    # Keyless unless a key is named: in GitHub Actions that is the workflow's OIDC identity; with no
+    # identity KeylessBundleSigner refuses up front instead of opening a browser login.
+    signer = KeyBundleSigner(args.key) if args.key else KeylessBundleSigner(use_staging=args.staging)
+    with Progress().step(f"attest release {args.tag}"):
+        result = attest_release(env, store, tag=args.tag, output_dir=args.output, signer=signer)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from release.pipeline import run_all
     from release.request import ReleaseRequest
@@ -171,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", default="previous", help="release tag, or 'previous' (default)")
     p.add_argument("--reason", default="on-call rollback", help="why: recorded in the ledger and the rollback manifest")
     p.set_defaults(handler=_cmd_rollback)
+
+    p = sub.add_parser(
+        "decide",
+        help="answer a held release (inconclusive gate): approve promotes it, reject rolls the device back",
+    )
+    p.add_argument("decision", choices=["approve", "reject"])
+    p.add_argument("--device", required=True, help="device the held canary runs on")
+    p.add_argument("--tag", required=True, help="the held release tag")
+    p.add_argument("--reason", required=True, help="why: recorded in the ledger and the decision manifest")
+    p.set_defaults(handler=_cmd_decide)
+
+    p = sub.add_parser(
+        "attest",
+        help="countersign a published release's bundle (keyless: the GitHub workflow's OIDC identity)",
+    )
+    p.add_argument("--tag", required=True, help="the published release tag")
+    p.add_argument("--output", type=Path, required=True, help="directory for the signature and what it covers")
+    p.add_argument("--key", type=Path, help="sign with this EC P-256 PEM key instead of keyless (offline)")
+    p.add_argument("--staging", action="store_true", help="use sigstore's staging instance (testing)")
+    p.set_defaults(handler=_cmd_attest)
 
     p = sub.add_parser("run", help="run the whole canary release without Airflow (same steps as the DAG)")
     p.add_argument("--tag", required=True, help="release tag")

@@ -15,6 +15,7 @@ Checks (each a value with its own outcome and reason):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import urllib.request
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from pydantic import BaseModel, ConfigDict
 from release.gate_settings import GateSettings, Verdict
 from release.loadgen import Sample, run_open_loop
 from release.manifest import GateRecord
+
+log = logging.getLogger(__name__)
 
 Outcome = Literal["pass", "fail", "inconclusive", "skipped"]
 REQUEST_METRIC = "sidecar_request_latency_seconds"
@@ -92,6 +95,16 @@ def scrape_histogram(base_url: str, endpoint: str = "/infer", timeout: float = 5
             if s.name == f"{REQUEST_METRIC}_bucket" and s.labels.get("endpoint") == endpoint:
                 buckets[float(s.labels["le"])] = float(s.value)
     return buckets
+
+
+def _scrape_or_none(base_url: str) -> dict[float, float] | None:
+    # A canary without a readable /metrics is not a failed canary, but its client timings cannot be
+    # cross-checked: analyse() turns the missing histogram into "inconclusive" (a human decides).
+    try:
+        return scrape_histogram(base_url)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s/metrics: %s", base_url, exc)
+        return None
 
 
 def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
@@ -249,14 +262,14 @@ def run_gate(
 ) -> GateReport:
     """Measure the canary at ``base_url`` for real and analyse the result."""
     parity = parity_checks(canary_outputs(base_url, windows), reference, settings) if reference is not None else None
-    before = scrape_histogram(base_url)
+    before = _scrape_or_none(base_url)
     samples = run_open_loop(
         base_url, windows, rate=settings.load.rate_windows_per_s, duration_s=settings.load.duration_s,
         concurrency=settings.load.concurrency, timeout_s=settings.load.request_timeout_s,
         consecutive_error_limit=settings.consecutive_error_limit,
     )
-    after = scrape_histogram(base_url)
-    server_p95 = histogram_quantile(before, after, 0.95)
+    after = _scrape_or_none(base_url)
+    server_p95 = histogram_quantile(before, after, 0.95) if before is not None and after is not None else None
     return analyse(samples, settings, server_p95_ms=server_p95, baseline_latencies=baseline_latencies, parity=parity)
 
 

@@ -116,9 +116,11 @@ class ReleaseManifest(_Frozen):
     gate: GateRecord
     previous_release_tag: TagStr | None
     state: ReleaseState = ReleaseState.MANIFEST_WRITTEN
-    kind: Literal["release", "rollback"] = "release"
+    kind: Literal["release", "rollback", "decision"] = "release"
     points_to_release_tag: TagStr | None = Field(
-        None, description="for a rollback entry: the earlier release whose artifacts it re-activates"
+        None,
+        description="for a rollback entry: the earlier release whose artifacts it re-activates; "
+        "for a decision entry: the held release a human approved or rejected",
     )
     signatures: tuple[SignatureRef, ...] = ()
     steps: tuple[StepRecord, ...] = ()

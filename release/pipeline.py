@@ -99,3 +99,17 @@ def rollback_device(env: PipelineEnv, store: ArtifactStore, **kwargs: Any) -> di
     import release.pipeline_steps as pipeline_steps
 
     return pipeline_steps.rollback_device(env, store, **kwargs)
+
+
+def decide_held(env: PipelineEnv, store: ArtifactStore, **kwargs: Any) -> dict[str, Any]:
+    """A human approves or rejects a held release (see pipeline_steps.decide_held)."""
+    import release.pipeline_steps as pipeline_steps
+
+    return pipeline_steps.decide_held(env, store, **kwargs)
+
+
+def attest_release(env: PipelineEnv, store: ArtifactStore, **kwargs: Any) -> dict[str, Any]:
+    """Countersign a published release (see pipeline_steps.attest_release)."""
+    import release.pipeline_steps as pipeline_steps
+
+    return pipeline_steps.attest_release(env, store, **kwargs)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from release.checksums import sha256_file, write_sha256sum
 from release.config import load_settings
@@ -556,6 +556,125 @@ def rollback_device(
     _ledger(env).append(device, "rollback", tag=target, triggered_by=triggered_by, reason=reason, release_counter=counter)
     return {"device": device, "rolled_back_to": target, "seconds_to_healthy": round(seconds, 3),
             "rollback_manifest": store.uri(rb_tag, MANIFEST_NAME)}
+
+
+Decision = Literal["approve", "reject"]
+
+
+def decide_held(
+    env: PipelineEnv,
+    store: ArtifactStore,
+    *,
+    device: str,
+    tag: str,
+    decision: Decision,
+    reason: str,
+    decided_by: str,
+    ssh_client_factory: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """A human's answer to a held release (inconclusive gate): approve → promote, reject → roll back.
+
+    The held manifest's signature is verified first and the state change goes through the transition
+    table, so only a held release can be decided, once. The answer is a new signed manifest entry
+    (higher counter) pointing at the held release: history stays append-only.
+    """
+    from release import deploy as dep
+    from release.identifiers import ReleaseTag
+    from release.keys import load_private_key
+    from release.manifest_signing import sign_bytes
+    from release.states import ReleaseEvent, transition
+
+    t0 = time.monotonic()
+    tag = ReleaseTag(tag).value
+    if not reason.strip():
+        raise InvalidInput("a decision on a held release needs a reason (it goes into the ledger and the manifest)")
+    spec = inventory(env).get(device)
+    priv, pub = _signing_key(env, production=False)
+    held = verify_release_signature(store, tag, MANIFEST_NAME, "manifest.json.sig", pub)
+    if held.device not in (None, device):
+        raise InvalidInput(f"release {tag} was a canary on device {held.device}, not {device}")
+    decided = [m for m in _entries_pointing_at(store, tag) if m.kind == "decision"]
+    if decided:
+        raise InvalidInput(f"release {tag} was already decided in {decided[0].release_tag} ({decided[0].state.value})")
+    event = ReleaseEvent.APPROVE if decision == "approve" else ReleaseEvent.ROLLBACK
+    new_state = transition(held.state, event)
+    transport = open_transport(spec, ssh_client_factory)
+    try:
+        current = dep.status(transport, spec).get("current")
+        if current != tag:
+            raise StepFailed(
+                f"device {device} no longer runs the held release {tag} (it runs {current}); nothing to decide"
+            )
+        if decision == "approve":
+            dep.promote(transport, spec, tag)
+            detail, ledger_tag = f"promoted {tag}", tag
+        else:
+            reply = dep.rollback(transport, spec, "previous")
+            ledger_tag = str(reply.body.get("rolled_back_to") or "")
+            detail = f"rolled back to {ledger_tag or 'previous'} in {reply.seconds:.1f}s"
+    finally:
+        transport.close()
+    seconds = time.monotonic() - t0
+    counter = next_release_counter(store, held.channel)
+    entry_tag = ReleaseTag(f"{tag}-{decision}{counter}").value
+    entry = held.with_updates(
+        release_tag=entry_tag, release_counter=counter, kind="decision", points_to_release_tag=tag,
+        state=new_state, created_at=now_utc(),
+        steps=(StepRecord(name=decision, status="real", reason=f"{decided_by}: {reason} ({detail})",
+                          duration_s=round(seconds, 3)),),
+    )
+    data = entry.canonical_json()
+    store.put_bytes(entry_tag, "manifest.json.sig", sign_bytes(data, load_private_key(priv)))
+    store.publish(entry_tag, data)
+    if decision == "approve":
+        _ledger(env).append(device, "promote", tag=tag, triggered_by=decided_by,
+                            reason=f"held release approved: {reason}", release_counter=counter)
+    else:
+        _ledger(env).append(device, "rollback", tag=ledger_tag or None, triggered_by=decided_by,
+                            reason=f"held release {tag} rejected: {reason}", release_counter=counter)
+    return {"device": device, "release_tag": tag, "decision": decision, "state": new_state.value, "detail": detail,
+            "seconds": round(seconds, 3), "decision_manifest": store.uri(entry_tag, MANIFEST_NAME)}
+
+
+def _entries_pointing_at(store: ArtifactStore, tag: str) -> list[ReleaseManifest]:
+    found = []
+    for published in store.list_published():
+        manifest = ReleaseManifest.from_json(store.get_bytes(published, MANIFEST_NAME))
+        if manifest.points_to_release_tag == tag:
+            found.append(manifest)
+    return found
+
+
+def attest_release(env: PipelineEnv, store: ArtifactStore, tag: str, output_dir: Path, signer: Any) -> dict[str, Any]:
+    """Countersign a published release's bundle with ``signer`` (in GitHub Actions: keyless, the
+    workflow's OIDC identity), writing the signature and what it covers to ``output_dir``.
+
+    The release's own key signatures (published manifest, candidate manifest, bundle) are verified
+    first, so nothing tampered is ever countersigned. The store is not written: a published release
+    is immutable, and a keyless signature lives in Rekor's transparency log as well.
+    """
+    import shutil
+
+    from release.bundle_signing import verify_bundle
+    from release.identifiers import ReleaseTag
+
+    tag = ReleaseTag(tag).value
+    _, pub = _signing_key(env, production=False)
+    published = verify_release_signature(store, tag, MANIFEST_NAME, "manifest.json.sig", pub)
+    if published.kind != "release":
+        raise InvalidInput(f"{tag} is a {published.kind} entry; attest the release it points at")
+    verify_release_signature(store, tag, CANDIDATE, CANDIDATE_SIG, pub)
+    compiled = load_result(store, tag, "compile", CompileResult)
+    work = env.work_dir(tag, "attest")
+    signed_dir = _signed_files(store, tag, compiled.hef_name, work / "signed")
+    verify_bundle(signed_dir, store.fetch(tag, BUNDLE_SIG, work / BUNDLE_SIG), pub)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    signature = signer.sign(signed_dir, work / f"{tag}.sigstore.json")
+    shutil.copyfile(signature, output_dir / signature.name)
+    covered = {p.name: sha256_file(p) for p in sorted(signed_dir.iterdir())}
+    summary = {"release_tag": tag, "state": published.state.value, "signature": signature.name, "files_sha256": covered}
+    (output_dir / f"{tag}.attestation.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return {**summary, "output_dir": str(output_dir)}
 
 
 def record_failure(env: PipelineEnv, params: dict[str, Any], *, task_id: str, run_id: str, reason: str) -> None:

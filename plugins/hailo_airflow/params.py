@@ -45,3 +45,11 @@ ROLLBACK_PARAMS: dict[str, dict[str, Any]] = {
     },
     "reason": {"default": "on-call rollback", "type": "string", "maxLength": 500},
 }
+
+DECISION_PARAMS: dict[str, dict[str, Any]] = {
+    "device": {"default": "local", **_SCHEMA["device"]},
+    "release_tag": {"description": "the held release tag", **_SCHEMA["release_tag"]},
+    "decision": {"type": "string", "enum": ["approve", "reject"],
+                 "description": "approve promotes the held canary; reject rolls the device back"},
+    "reason": {"type": "string", "minLength": 1, "maxLength": 500, "description": "recorded in the ledger"},
+}

@@ -94,3 +94,26 @@ def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
             reason=str(params.get("reason", "on-call rollback")),
             triggered_by=f"airflow:{run_id}",
         )
+
+
+def run_held_decision(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Body of hailo_release_decision: the same function as `hailo-release decide`."""
+    from release.pipeline import decide_held
+    from release.pipeline_env import PipelineEnv
+
+    params = dict(context.get("params") or {})
+    dag_run = context.get("dag_run")
+    run_id = getattr(dag_run, "run_id", None) or "unknown"
+    with release_errors_as_airflow_failures():
+        env = PipelineEnv.from_env()
+        device = str(params.get("device", "local"))
+        return decide_held(
+            env,
+            artifact_store(env),
+            ssh_client_factory=ssh_client_factory_for(env, device),
+            device=device,
+            tag=str(params["release_tag"]),
+            decision=params["decision"],
+            reason=str(params["reason"]),
+            decided_by=f"airflow:{run_id}",
+        )

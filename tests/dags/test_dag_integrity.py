@@ -21,7 +21,7 @@ def dagbag(airflow_db):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"hailo_canary_release", "hailo_rollback"} <= set(dagbag.dag_ids)
+    assert {"hailo_canary_release", "hailo_rollback", "hailo_release_decision"} <= set(dagbag.dag_ids)
 
 
 def test_canary_dag_shape(dagbag):
@@ -80,3 +80,26 @@ def test_extra_links_registered(dagbag):
     dag = dagbag.dags["hailo_canary_release"]
     names = {link.name for link in dag.get_task("latency_gate").operator_extra_links}
     assert "Gate report" in names
+
+
+def test_decision_dag_requires_a_held_tag_decision_and_reason(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["hailo_release_decision"]
+    task = dag.get_task("decide_held_release")
+    assert (task.queue, task.pool, task.retries) == ("edge", "hailo_edge_devices", 0)
+    good = {"device": "local", "release_tag": "held-1", "decision": "approve", "reason": "checked by hand"}
+    trial = ParamsDict(dict(dag.params.items()))
+    for key, value in good.items():
+        trial[key] = value
+    trial.validate()
+    for key, bad in [("decision", "maybe"), ("release_tag", "x;reboot"), ("reason", "")]:
+        trial = ParamsDict(dict(dag.params.items()))
+        with pytest.raises(ParamValidationError):
+            for k, v in {**good, key: bad}.items():
+                trial[k] = v
+            trial.validate()
+    # No default decision: a trigger that forgets it is refused rather than approving anything.
+    with pytest.raises(ParamValidationError):
+        ParamsDict(dict(dag.params.items())).validate()

@@ -78,3 +78,13 @@ def test_pr_title_check_runs_without_dependencies(tmp_path):
     bad = subprocess.run([bare, "-m", "release.cli", "check-continuity-id", "--search", "fix typo"],
                          cwd=repo, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "ADR-0007-hailo-docker-2025-08-31" in bad.stderr
+
+
+def test_id_token_only_where_the_job_signs():
+    """`id-token: write` is granted only to jobs that use it: a keyless `hailo-release attest` step."""
+    for path in FILES:
+        for name, job in _load(path)["jobs"].items():
+            runs = " ".join(step.get("run", "") for step in job.get("steps", []))
+            grants = (job.get("permissions") or {}).get("id-token") == "write"
+            signs = "hailo-release attest" in runs and "--key" not in runs
+            assert grants == signs, f"{path.name}:{name}: id-token {grants}, keyless signing step {signs}"
