@@ -83,23 +83,24 @@ def test_extra_links_registered(dagbag):
 
 
 def test_decision_dag_requires_a_held_tag_decision_and_reason(dagbag):
-    from airflow.sdk.definitions.param import ParamsDict
+    import copy
+
     from airflow.sdk.exceptions import ParamValidationError
 
     dag = dagbag.dags["hailo_release_decision"]
     task = dag.get_task("decide_held_release")
     assert (task.queue, task.pool, task.retries) == ("edge", "hailo_edge_devices", 0)
+    # No default decision: a trigger that forgets it is refused rather than approving anything.
+    with pytest.raises(ParamValidationError, match="no default"):
+        copy.deepcopy(dag.params).validate()
     good = {"device": "local", "release_tag": "held-1", "decision": "approve", "reason": "checked by hand"}
-    trial = ParamsDict(dict(dag.params.items()))
+    trial = copy.deepcopy(dag.params)  # Param.resolve stores the value: never touch the DAG's own
     for key, value in good.items():
         trial[key] = value
     trial.validate()
     for key, bad in [("decision", "maybe"), ("release_tag", "x;reboot"), ("reason", "")]:
-        trial = ParamsDict(dict(dag.params.items()))
+        trial = copy.deepcopy(dag.params)
         with pytest.raises(ParamValidationError):
             for k, v in {**good, key: bad}.items():
                 trial[k] = v
             trial.validate()
-    # No default decision: a trigger that forgets it is refused rather than approving anything.
-    with pytest.raises(ParamValidationError):
-        ParamsDict(dict(dag.params.items())).validate()

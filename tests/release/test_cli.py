@@ -28,6 +28,12 @@ def test_help_and_exit_codes(capsys, tmp_path, sample_onnx_path):
     f.write_bytes(b"b")
     assert main(["verify-checksums", str(tmp_path / "sums.txt")]) == 3
     assert "sha256 mismatch" in capsys.readouterr().err
+    # A held release is answered explicitly: a decision, a tag and a reason, or argparse refuses (2).
+    for argv in (["decide", "maybe", "--device", "local", "--tag", "v1", "--reason", "x"],
+                 ["decide", "approve", "--device", "local", "--tag", "v1"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
 
 
 @pytest.mark.e2e

@@ -27,14 +27,14 @@ def held_bed(testbed):
     port = free_port()
     spec = testbed.device("pi-held", "local", port, module="tests.doubles.faulty_sidecars nometrics held-*")
     # The double strips /metrics only for releases tagged held-*; v1 is served normally.
-    devices = {"devices": {"pi-held": spec.model_dump(mode="json", exclude_none=True)}}
+    devices = {"devices": {"pi-held": spec.model_dump(mode="json", exclude_none=True, exclude={"name"})}}
     (testbed.root / "devices.yaml").write_text(yaml.safe_dump(devices))
     testbed.env = PipelineEnv(**{**testbed.env.model_dump(), "devices_file": testbed.root / "devices.yaml"})
     return testbed, spec
 
 
 def _release(bed, tag: str) -> dict:
-    req = bed.request(tag, config_version=f"cfg-{tag}", device="pi-held", gate_overrides={"duration_s": 4})
+    req = bed.request(tag, config_version=f"cfg-{tag}", device="pi-held", gate_overrides={"duration_s": 5})
     return run_all(req, bed.env, bed.store, say=lambda _msg: None)
 
 
