@@ -200,7 +200,8 @@ class Agent:
         res = self.run_configured("driver_version_command", values, timeout=30)
         if res is not None:
             driver = res.stdout.strip()
-            want = manifest["hef"].get("hailort_version")
+            # The image's HailoRT is what talks to the driver; the HEF's is what it was compiled for.
+            want = (manifest.get("image") or {}).get("hailort_version") or manifest["hef"].get("hailort_version")
             if want and driver != want:
                 raise AgentError(
                     EXIT_PREFLIGHT,

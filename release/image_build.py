@@ -10,12 +10,13 @@ refuses an image whose platform (read from the registry's config blob) is not li
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from release.errors import RefusedForProduction, StepFailed, ToolNotFound
+from release.errors import InvalidInput, RefusedForProduction, StepFailed, ToolNotFound
 from release.identifiers import ReleaseTag
 
 RUNTIME_DOCKERFILE = Path("docker/hailo_runtime/Dockerfile")
@@ -30,6 +31,32 @@ class ImageBuildResult:
     platform: str
     builder: str
     note: str
+    hailort_version: str | None = None
+
+
+# HailoRT's Python wheel as Hailo ships it for the Pi (package hailo_platform inside). It is not on
+# PyPI: the runner host keeps the one matching the Pi's driver and names it in HAILO_HAILORT_WHEEL.
+_HAILORT_WHEEL = re.compile(r"^hailort-(?P<version>\d+\.\d+\.\d+)-cp311-cp311-linux_aarch64\.whl$")
+
+
+def hailort_wheel_version(wheel: Path) -> str:
+    """The HailoRT version of ``wheel`` after checking it is a cp311 aarch64 wheel holding hailo_platform."""
+    import zipfile
+
+    match = _HAILORT_WHEEL.fullmatch(wheel.name)
+    if match is None:
+        raise InvalidInput(
+            f"{wheel.name}: expected HailoRT's Pi wheel, hailort-X.Y.Z-cp311-cp311-linux_aarch64.whl "
+            "(the runtime image runs CPython 3.11 on linux/arm64)"
+        )
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInput(f"{wheel}: not a readable wheel: {exc}") from None
+    if not any(n.startswith("hailo_platform/") for n in names):
+        raise InvalidInput(f"{wheel.name}: no hailo_platform package inside; is this HailoRT's Python wheel?")
+    return match.group("version")
 
 
 _PIP_PLATFORMS = {
@@ -39,8 +66,11 @@ _PIP_PLATFORMS = {
 BASE_IMAGES = {"linux/amd64": "hailo-base:bookworm-amd64", "linux/arm64": "hailo-base:bookworm-arm64"}
 
 
-def stage_runtime_context(repo: Path, work_dir: Path, platform: str, cache_dir: Path, python: str) -> Path:
-    """A build context with the runtime Dockerfile and a wheelhouse for ``platform``.
+def stage_runtime_context(
+    repo: Path, work_dir: Path, platform: str, cache_dir: Path, python: str, hailort_wheel: Path | None = None
+) -> Path:
+    """A build context with the runtime Dockerfile and a wheelhouse for ``platform`` (plus
+    HailoRT's wheel when given: the Dockerfile installs it if present).
 
     Wheels are fetched on the host (binary-only, for the target platform and the base image's
     CPython 3.11), so the image build itself needs no network and no proxy CA inside.
@@ -71,6 +101,9 @@ def stage_runtime_context(repo: Path, work_dir: Path, platform: str, cache_dir: 
         shutil.copyfile(wheel, ctx / "wheelhouse" / wheel.name)
     _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(ctx / "wheelhouse"), str(sidecar)],
          "pip wheel (sidecar)", timeout=600)
+    if hailort_wheel is not None:
+        hailort_wheel_version(hailort_wheel)
+        shutil.copyfile(hailort_wheel, ctx / "wheelhouse" / hailort_wheel.name)
     shutil.copyfile(repo / RUNTIME_DOCKERFILE, ctx / "Dockerfile")
     return ctx
 
@@ -134,6 +167,7 @@ def _run(argv: list[str], what: str, timeout: float = 3600) -> str:
 def build_and_push(
     *, docker: str, registry: str, repository: str, tag: str, context: Path, work_dir: Path, production: bool,
     cache_dir: Path, dockerfile: Path | None = None, platform: str | None = None, base_image: str | None = None,
+    hailort_wheel: Path | None = None,
 ) -> ImageBuildResult:
     import sys
 
@@ -143,13 +177,18 @@ def build_and_push(
     image = f"{registry}/{repository}:{tag}"
     ImageRef.parse(image)
     plat = platform or PRODUCTION_PLATFORM
+    hailort_version = hailort_wheel_version(hailort_wheel) if hailort_wheel is not None else None
+    if hailort_version is not None and plat != PRODUCTION_PLATFORM:
+        raise InvalidInput(f"HailoRT's wheel is for linux/arm64; cannot build a {plat} image with it")
     if dockerfile is None:
         base_image = base_image or ensure_base_image(docker, plat, context)
-        context = stage_runtime_context(context, work_dir, plat, cache_dir, sys.executable)
+        context = stage_runtime_context(context, work_dir, plat, cache_dir, sys.executable, hailort_wheel)
         dockerfile = context / "Dockerfile"
     work_dir.mkdir(parents=True, exist_ok=True)
     buildx = shutil.which("docker-buildx") or _has_buildx(docker)
     build_args = {"BASE_IMAGE": base_image} if base_image else {}
+    if hailort_version is not None:
+        build_args["HAILORT_VERSION"] = hailort_version
     if buildx:
         meta = work_dir / "buildx-metadata.json"
         _run(buildx_argv(docker, image, context, dockerfile, meta, plat, build_args), "docker buildx build")
@@ -169,7 +208,12 @@ def build_and_push(
             f"image {image}@{digest} is {', '.join(sorted(platforms)) or 'of unknown platform'}; production needs {PRODUCTION_PLATFORM}"
         )
     actual = PRODUCTION_PLATFORM if PRODUCTION_PLATFORM in platforms else (sorted(platforms)[0] if platforms else plat)
-    return ImageBuildResult(repository=f"{registry}/{repository}", tag=tag, digest=digest, platform=actual, builder=builder, note=note)
+    if hailort_version is None:
+        note += "; no HailoRT wheel: the image serves the onnx fallback only"
+    else:
+        note += f"; HailoRT {hailort_version}"
+    return ImageBuildResult(repository=f"{registry}/{repository}", tag=tag, digest=digest, platform=actual,
+                            builder=builder, note=f"{note} ({actual})", hailort_version=hailort_version)
 
 
 def _has_buildx(docker: str) -> str | None:

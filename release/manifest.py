@@ -82,6 +82,9 @@ class RuntimeImage(_Frozen):
     signature: SignatureRef | None
     builder: str = Field(description="buildx | docker-build | none")
     pushed: bool
+    hailort_version: str | None = Field(
+        None, description="HailoRT (hailo_platform) installed in the image; None = onnx fallback only"
+    )
 
 
 class GateRecord(_Frozen):

@@ -34,6 +34,7 @@ class PipelineEnv(BaseModel):
     compiler_image: str | None = None
     hailo_bin: str | None = Field(description="path of the `hailo` DFC CLI when installed")
     docker_bin: str | None = None
+    hailort_wheel: Path | None = Field(None, description="HailoRT's Pi wheel to install in the runtime image")
     hw_arch: str = "hailo8"
 
     @classmethod
@@ -53,6 +54,7 @@ class PipelineEnv(BaseModel):
             compiler_image=os.environ.get("HAILO_COMPILER_IMAGE") or None,
             hailo_bin=os.environ.get("HAILO_DFC_BIN") or shutil.which("hailo"),
             docker_bin=docker,
+            hailort_wheel=Path(wheel).resolve() if (wheel := os.environ.get("HAILO_HAILORT_WHEEL")) else None,
             hw_arch=os.environ.get("HAILO_HW_ARCH", "hailo8"),
         )
 

@@ -150,13 +150,25 @@ def build_image(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> 
         image = RuntimeImage(repository=repository, digest=None, platform="linux/arm64", signature=None, builder="none", pushed=False)
         step = _timed("image", "skipped", why_not, t0)
     else:
+        if req.production and env.hailort_wheel is None:
+            raise StepFailed(
+                "a production runtime image needs HailoRT: set HAILO_HAILORT_WHEEL to Hailo's "
+                "hailort-X.Y.Z-cp311-cp311-linux_aarch64.whl matching the Pi's driver (without it the Pi would "
+                "silently serve the CPU fallback)"
+            )
+        if env.hailort_wheel is not None:
+            # The HEF runs only on the HailoRT it was compiled for (HAILO_INVALID_HEF otherwise).
+            compiled_for = load_result(store, req.release_tag, "compile", CompileResult).hef.hailort_version
+            in_image = image_build.hailort_wheel_version(env.hailort_wheel)
+            if compiled_for and compiled_for != in_image:
+                raise StepFailed(f"the HEF was compiled for HailoRT {compiled_for} but the image would get {in_image}")
         built = image_build.build_and_push(
             docker=env.docker_bin, registry=env.registry, repository=env.image_repository,  # type: ignore[arg-type]
             tag=req.release_tag, context=REPO_ROOT, work_dir=env.work_dir(req.release_tag, "image"),
-            production=req.production, cache_dir=env.root / "image-cache",
+            production=req.production, cache_dir=env.root / "image-cache", hailort_wheel=env.hailort_wheel,
         )
         image = RuntimeImage(repository=built.repository, digest=built.digest, platform=built.platform,
-                             signature=None, builder=built.builder, pushed=True)
+                             signature=None, builder=built.builder, pushed=True, hailort_version=built.hailort_version)
         step = _timed("image", "real", built.note, t0)
     save_result(store, req.release_tag, ImageResult(step=step, image=image))
     return {"repository": image.repository, "digest": image.digest, "status": step.status, "reason": step.reason}

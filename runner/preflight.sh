@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Preflight of the hailo-builder host: prints one line per check and what is missing; exit 1 if
 # anything is. Checks: docker engine, buildx with linux/arm64, the DFC compiler image, cosign,
-# and a registry login for the release registry.
+# HailoRT's Pi wheel for the runtime image (HAILO_HAILORT_WHEEL), and a registry login.
 #   HAILO_COMPILER_IMAGE=hailo-compiler:3.33.0 HAILO_REGISTRY=registry.example ./preflight.sh
 set -uo pipefail
 
@@ -27,6 +27,15 @@ check "buildx linux/arm64" "run runner/install_docker_buildx.sh" sh -c "$DOCKER 
 check "DFC compiler image $COMPILER_IMAGE" "build docker/hailo_compiler with the DFC wheel (see its README)" \
     "$DOCKER" image inspect "$COMPILER_IMAGE"
 check "cosign" "install cosign (https://docs.sigstore.dev)" cosign version
+HAILORT_WHEEL="${HAILO_HAILORT_WHEEL:-}"
+case "$(basename -- "${HAILORT_WHEEL:-none}")" in
+    hailort-*-cp311-cp311-linux_aarch64.whl)
+        check "HailoRT wheel $HAILORT_WHEEL" "download it from the Hailo Developer Zone (same version as the Pi's driver)" \
+            test -s "$HAILORT_WHEEL" ;;
+    *)
+        printf 'MISSING  HailoRT wheel — set HAILO_HAILORT_WHEEL to hailort-X.Y.Z-cp311-cp311-linux_aarch64.whl (Hailo Developer Zone; must match the Pi driver)\n'
+        missing=$((missing + 1)) ;;
+esac
 if [ -n "$REGISTRY" ]; then
     check "registry login $REGISTRY" "docker login $REGISTRY" grep -q "\"$REGISTRY\"" "$DOCKER_CONFIG_FILE"
 else

@@ -191,12 +191,20 @@ def test_runtime_image_build_push_run(docker_cli, oci_registry, base_image, tmp_
 @pytest.mark.docker
 @pytest.mark.slow
 def test_arm64_runtime_image_accepted_for_production(docker_cli, oci_registry, base_image_arm64, tmp_path):
+    from tests.fixtures.doubles import make_hailort_wheel_double
+
+    # A HailoRT-shaped wheel holding the hailo_platform double: the image must install what it is given.
+    wheel = make_hailort_wheel_double(tmp_path / "hailort", "4.23.0")
     built = build_and_push(docker=docker_cli, registry=oci_registry, repository="hailo-runtime", tag="ci-arm64",
                            context=REPO, work_dir=tmp_path, production=True, cache_dir=Path("/var/cache/hailo-pipeline"),
-                           platform="linux/arm64")
-    assert built.platform == "linux/arm64"
+                           platform="linux/arm64", hailort_wheel=wheel)
+    assert built.platform == "linux/arm64" and built.hailort_version == "4.23.0"
     assert "linux/arm64" in RegistryClient(oci_registry).platforms("hailo-runtime", built.digest)
-    res = subprocess.run([docker_cli, "run", "--rm", "--platform", "linux/arm64", "--entrypoint", "python",
-                          f"{built.repository}@{built.digest}", "-c", "import platform; print(platform.machine())"],
-                         capture_output=True, text=True, timeout=600)
-    assert res.stdout.strip() == "aarch64", res.stderr
+    image = f"{built.repository}@{built.digest}"
+    probe = "import platform, hailo_platform; print(platform.machine(), hasattr(hailo_platform, 'VDevice'))"
+    res = subprocess.run([docker_cli, "run", "--rm", "--platform", "linux/arm64", "--entrypoint", "python", image,
+                          "-c", probe], capture_output=True, text=True, timeout=600)
+    assert res.stdout.strip() == "aarch64 True", res.stderr
+    labels = json.loads(subprocess.run([docker_cli, "image", "inspect", image], capture_output=True, text=True,
+                                       check=True).stdout)[0]["Config"]["Labels"]
+    assert labels["io.hailo.hailort-version"] == "4.23.0"

@@ -60,8 +60,15 @@ def test_preflight_reports_what_is_missing(tmp_path):
     env = {"DOCKER": str(tmp_path / "no-docker"), "HAILO_REGISTRY": "", "PATH": "/usr/bin:/bin"}
     res = _run("preflight.sh", env=env)
     assert res.returncode == 1
-    for item in ("docker engine", "buildx linux/arm64", "DFC compiler image", "cosign", "registry"):
+    for item in ("docker engine", "buildx linux/arm64", "DFC compiler image", "cosign", "HailoRT wheel", "registry"):
         assert f"MISSING  {item}" in res.stdout, res.stdout
+    # A wheel that is named right but absent is still missing; one that exists passes its check.
+    wheel = tmp_path / "hailort-4.23.0-cp311-cp311-linux_aarch64.whl"
+    res = _run("preflight.sh", env={**env, "HAILO_HAILORT_WHEEL": str(wheel)})
+    assert f"MISSING  HailoRT wheel {wheel}" in res.stdout
+    wheel.write_bytes(b"PK")
+    res = _run("preflight.sh", env={**env, "HAILO_HAILORT_WHEEL": str(wheel)})
+    assert f"ok       HailoRT wheel {wheel}" in res.stdout and res.returncode == 1
 
 
 @pytest.mark.parametrize("unit", ["hailo-actions-runner.service", "airflow-celery-worker@.service"])
