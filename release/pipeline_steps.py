@@ -46,6 +46,7 @@ from release.store import MANIFEST_NAME, ArtifactStore, next_release_counter
 
 CANDIDATE = "manifest.candidate.json"
 CANDIDATE_SIG = "manifest.candidate.json.sig"
+PUBLISHED_SIG = "manifest.json.sig"
 BUNDLE_SIG = "bundle.sig"
 NET_NAME = "tcn_encoder"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -336,6 +337,16 @@ def verify_release_signature(store: ArtifactStore, tag: str, manifest_name: str,
     return ReleaseManifest.from_json(data)
 
 
+
+def publish_signed(store: ArtifactStore, tag: str, manifest: ReleaseManifest, private_key: Path) -> None:
+    """Sign the manifest's canonical bytes, then publish: the signature lands before the release is visible."""
+    from release.keys import load_private_key
+    from release.manifest_signing import sign_bytes
+
+    data = manifest.canonical_json()
+    store.put_bytes(tag, PUBLISHED_SIG, sign_bytes(data, load_private_key(private_key)))
+    store.publish(tag, data)
+
 # -- deploy -----------------------------------------------------------------------------------
 def deploy(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
     from release import deploy as dep
@@ -427,9 +438,6 @@ def gate(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> dict[st
 
 # -- outcome ----------------------------------------------------------------------------------
 def _publish_final(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, state: ReleaseState, extra: list[StepRecord]) -> FinalResult:
-    from release.keys import load_private_key
-    from release.manifest_signing import sign_bytes
-
     tag = req.release_tag
     candidate = ReleaseManifest.from_json(store.get_bytes(tag, CANDIDATE))
     steps = list(candidate.steps)
@@ -441,11 +449,9 @@ def _publish_final(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, 
             pass
     gate_record = load_result(store, tag, "gate", GateResult).gate if store.exists(tag, "steps/gate.json") else candidate.gate
     final = candidate.with_updates(state=state, gate=gate_record, steps=(*steps, *extra))
-    data = final.canonical_json()
     priv, _ = _signing_key(env, req.production)
     if not store.is_published(tag):
-        store.put_bytes(tag, "manifest.json.sig", sign_bytes(data, load_private_key(priv)))
-        store.publish(tag, data)
+        publish_signed(store, tag, final, priv)
     result = FinalResult(step=extra[-1], state=state.value, manifest_uri=store.uri(tag, MANIFEST_NAME))
     save_result_if_open(store, tag, result)
     return result
@@ -537,8 +543,6 @@ def rollback_device(
     """On-call rollback: verify the target's signatures, re-activate it, record a rollback manifest."""
     from release import deploy as dep
     from release.identifiers import ReleaseTag
-    from release.keys import load_private_key
-    from release.manifest_signing import sign_bytes
 
     t0 = time.monotonic()
     spec = inventory(env).get(device)
@@ -546,7 +550,7 @@ def rollback_device(
     if target is None:
         raise StepFailed(f"device {device}: no earlier release to roll back to")
     priv, pub = _signing_key(env, production=False)
-    verify_release_signature(store, target, MANIFEST_NAME, "manifest.json.sig", pub)
+    verify_release_signature(store, target, MANIFEST_NAME, PUBLISHED_SIG, pub)
     transport = open_transport(spec, ssh_client_factory)
     try:
         dep.install_agent(transport, spec, pub)
@@ -562,9 +566,7 @@ def rollback_device(
         state=ReleaseState.ROLLED_BACK, created_at=now_utc(), previous_release_tag=reply.body.get("from"),
         steps=(StepRecord(name="rollback", status="real", reason=reason, duration_s=round(seconds, 3)),),
     )
-    data = entry.canonical_json()
-    store.put_bytes(rb_tag, "manifest.json.sig", sign_bytes(data, load_private_key(priv)))
-    store.publish(rb_tag, data)
+    publish_signed(store, rb_tag, entry, priv)
     _ledger(env).append(device, "rollback", tag=target, triggered_by=triggered_by, reason=reason, release_counter=counter)
     return {"device": device, "rolled_back_to": target, "seconds_to_healthy": round(seconds, 3),
             "rollback_manifest": store.uri(rb_tag, MANIFEST_NAME)}
@@ -592,8 +594,6 @@ def decide_held(
     """
     from release import deploy as dep
     from release.identifiers import ReleaseTag
-    from release.keys import load_private_key
-    from release.manifest_signing import sign_bytes
     from release.states import ReleaseEvent, transition
 
     t0 = time.monotonic()
@@ -602,7 +602,7 @@ def decide_held(
         raise InvalidInput("a decision on a held release needs a reason (it goes into the ledger and the manifest)")
     spec = inventory(env).get(device)
     priv, pub = _signing_key(env, production=False)
-    held = verify_release_signature(store, tag, MANIFEST_NAME, "manifest.json.sig", pub)
+    held = verify_release_signature(store, tag, MANIFEST_NAME, PUBLISHED_SIG, pub)
     if held.device not in (None, device):
         raise InvalidInput(f"release {tag} was a canary on device {held.device}, not {device}")
     decided = [m for m in _entries_pointing_at(store, tag) if m.kind == "decision"]
@@ -635,9 +635,7 @@ def decide_held(
         steps=(StepRecord(name=decision, status="real", reason=f"{decided_by}: {reason} ({detail})",
                           duration_s=round(seconds, 3)),),
     )
-    data = entry.canonical_json()
-    store.put_bytes(entry_tag, "manifest.json.sig", sign_bytes(data, load_private_key(priv)))
-    store.publish(entry_tag, data)
+    publish_signed(store, entry_tag, entry, priv)
     if decision == "approve":
         _ledger(env).append(device, "promote", tag=tag, triggered_by=decided_by,
                             reason=f"held release approved: {reason}", release_counter=counter)
@@ -672,7 +670,7 @@ def attest_release(env: PipelineEnv, store: ArtifactStore, tag: str, output_dir:
 
     tag = ReleaseTag(tag).value
     _, pub = _signing_key(env, production=False)
-    published = verify_release_signature(store, tag, MANIFEST_NAME, "manifest.json.sig", pub)
+    published = verify_release_signature(store, tag, MANIFEST_NAME, PUBLISHED_SIG, pub)
     if published.kind != "release":
         raise InvalidInput(f"{tag} is a {published.kind} entry; attest the release it points at")
     verify_release_signature(store, tag, CANDIDATE, CANDIDATE_SIG, pub)
