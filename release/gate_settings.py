@@ -44,8 +44,11 @@ class GateSettings(BaseModel):
     consecutive_error_limit: int = Field(5, ge=1, description="consecutive request errors that abort the run")
     baseline_alpha: float = Field(0.01, gt=0, lt=0.5, description="Mann-Whitney significance level")
     baseline_tolerance: float = Field(0.2, ge=0, le=5, description="allowed relative median latency regression")
+    # 5 % of the 50 ms budget. Measured here: two gate runs of the same release minutes apart on a
+    # busy 2-core host differed by +1.02 ms in median (1.51 → 2.53 ms), so a 1 ms floor failed good
+    # releases; a shift under 5 % of the budget is not a regression anyone on the device would notice.
     baseline_min_regression_ms: float = Field(
-        1.0, ge=0, le=50, description="a regression must also exceed this absolute median shift (noise floor at ~ms latencies)"
+        2.5, ge=0, le=50, description="a regression must also exceed this absolute median shift (noise floor at ~ms latencies)"
     )
     server_client_tolerance_ms: float = Field(5.0, ge=0, description="client vs /metrics p95 disagreement allowed")
     parity_min_cosine: float = Field(0.99, gt=0, le=1)

@@ -1,7 +1,7 @@
 """TEST DOUBLES: faulty sidecars for the canary fault tests — never shipped.
 
 Each wraps the real sidecar app (hailo_sidecar) and changes one thing:
-  python -m tests.doubles.faulty_sidecars slow    # every inference takes twice as long (+2 ms floor)
+  python -m tests.doubles.faulty_sidecars slow    # every inference takes twice as long, at least 5 ms (a 5 ms model at 10 ms)
   python -m tests.doubles.faulty_sidecars drift   # outputs drift away from the ONNX reference
   python -m tests.doubles.faulty_sidecars crash   # exits at start-up, every time (crash loop)
   python -m tests.doubles.faulty_sidecars nometrics  # serves correctly but has no /metrics (gate can't cross-check)
@@ -40,7 +40,7 @@ def slow(state) -> None:
     def infer(windows):
         t0 = time.perf_counter()
         out = inner(windows)
-        time.sleep(max(time.perf_counter() - t0, 0.002))
+        time.sleep(max(time.perf_counter() - t0, 0.005))
         return out
 
     state.backend.infer = infer
