@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from release.checksums import sha256_file, write_sha256sum
 from release.config import load_settings
@@ -43,6 +43,9 @@ from release.step_results import (
     save_result,
 )
 from release.store import MANIFEST_NAME, ArtifactStore, next_release_counter
+
+if TYPE_CHECKING:
+    from release.bundle_signing import BundleSigner
 
 CANDIDATE = "manifest.candidate.json"
 CANDIDATE_SIG = "manifest.candidate.json.sig"
@@ -655,7 +658,7 @@ def _entries_pointing_at(store: ArtifactStore, tag: str) -> list[ReleaseManifest
     return found
 
 
-def attest_release(env: PipelineEnv, store: ArtifactStore, tag: str, output_dir: Path, signer: Any) -> dict[str, Any]:
+def attest_release(env: PipelineEnv, store: ArtifactStore, tag: str, output_dir: Path, signer: BundleSigner) -> dict[str, Any]:
     """Countersign a published release's bundle with ``signer`` (in GitHub Actions: keyless, the
     workflow's OIDC identity), writing the signature and what it covers to ``output_dir``.
 
@@ -671,8 +674,10 @@ def attest_release(env: PipelineEnv, store: ArtifactStore, tag: str, output_dir:
     tag = ReleaseTag(tag).value
     _, pub = _signing_key(env, production=False)
     published = verify_release_signature(store, tag, MANIFEST_NAME, PUBLISHED_SIG, pub)
-    if published.kind != "release":
-        raise InvalidInput(f"{tag} is a {published.kind} entry; attest the release it points at")
+    if published.kind != "release" or published.state is not ReleaseState.PROMOTED:
+        # An attestation says "this release passed its canary": never for a rolled-back or held one.
+        raise InvalidInput(f"{tag} is a {published.kind} entry in state {published.state.value}; "
+                           "only a promoted release is attested")
     verify_release_signature(store, tag, CANDIDATE, CANDIDATE_SIG, pub)
     compiled = load_result(store, tag, "compile", CompileResult)
     work = env.work_dir(tag, "attest")

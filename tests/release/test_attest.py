@@ -44,6 +44,17 @@ def test_attest_signs_exactly_the_verified_bundle(published, tmp_path):
         verify_bundle(signed_dir, out / "v1.sigstore.json", bed.public_key)
 
 
+def test_only_promoted_releases_are_attested(published, tmp_path):
+    bed = published
+    bed.build("v2")
+    steps._publish_final(bed.request("v2"), bed.env, bed.store, ReleaseState.ROLLED_BACK,
+                         [StepRecord(name="rollback", status="real", reason="test")])
+    with pytest.raises(InvalidInput, match="only a promoted release"):
+        attest_release(bed.env, bed.store, tag="v2", output_dir=tmp_path / "a",
+                       signer=KeyBundleSigner(bed.env.keys_dir / "release-signing.key"))
+    assert not (tmp_path / "a").exists()
+
+
 def test_tampered_release_is_never_countersigned(published, tmp_path):
     bed = published
     hef = next(p for p in (bed.store.root / "releases" / "v1").iterdir() if p.suffix == ".hef")
