@@ -5,7 +5,7 @@ Each function is what a @task in dags/ calls; it holds no logic of its own beyon
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hailo_airflow.context import artifact_store, request_from
@@ -74,46 +74,36 @@ def branch_for_verdict(gate: Mapping[str, Any]) -> str:
     return {"pass": "promote", "fail": "rollback"}.get(str(verdict), "hold")
 
 
-def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
-    """Body of hailo_rollback: the same function the on-call CLI calls."""
-    from release.pipeline import rollback_device
+def _params_and_run_id(context: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    return dict(context.get("params") or {}), getattr(context.get("dag_run"), "run_id", None) or "unknown"
+
+
+def _on_device(context: Mapping[str, Any], call: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """Run a device-level library call (rollback, held decision) with the Airflow-side wiring:
+    env, artifact store, and the SSH client from the device's connection."""
     from release.pipeline_env import PipelineEnv
 
-    params = dict(context.get("params") or {})
-    dag_run = context.get("dag_run")
-    run_id = getattr(dag_run, "run_id", None) or "unknown"
+    params, _ = _params_and_run_id(context)
     with release_errors_as_airflow_failures():
         env = PipelineEnv.from_env()
         device = str(params.get("device", "local"))
-        return rollback_device(
-            env,
-            artifact_store(env),
-            ssh_client_factory=ssh_client_factory_for(env, device),
-            device=device,
-            to=str(params.get("to", "previous")),
-            reason=str(params.get("reason", "on-call rollback")),
-            triggered_by=f"airflow:{run_id}",
-        )
+        return call(env, artifact_store(env), ssh_client_factory=ssh_client_factory_for(env, device), device=device,
+                    **kwargs)
+
+
+def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Body of hailo_rollback: the same function the on-call CLI calls."""
+    from release.pipeline import rollback_device
+
+    params, run_id = _params_and_run_id(context)
+    return _on_device(context, rollback_device, to=str(params.get("to", "previous")),
+                      reason=str(params.get("reason", "on-call rollback")), triggered_by=f"airflow:{run_id}")
 
 
 def run_held_decision(context: Mapping[str, Any]) -> dict[str, Any]:
     """Body of hailo_release_decision: the same function as `hailo-release decide`."""
     from release.pipeline import decide_held
-    from release.pipeline_env import PipelineEnv
 
-    params = dict(context.get("params") or {})
-    dag_run = context.get("dag_run")
-    run_id = getattr(dag_run, "run_id", None) or "unknown"
-    with release_errors_as_airflow_failures():
-        env = PipelineEnv.from_env()
-        device = str(params.get("device", "local"))
-        return decide_held(
-            env,
-            artifact_store(env),
-            ssh_client_factory=ssh_client_factory_for(env, device),
-            device=device,
-            tag=str(params["release_tag"]),
-            decision=params["decision"],
-            reason=str(params["reason"]),
-            decided_by=f"airflow:{run_id}",
-        )
+    params, run_id = _params_and_run_id(context)
+    return _on_device(context, decide_held, tag=str(params["release_tag"]), decision=params["decision"],
+                      reason=str(params["reason"]), decided_by=f"airflow:{run_id}")

@@ -94,6 +94,18 @@ def test_good_release_promoted_then_bad_release_rolled_back(airflow_db, pipeline
     assert ("promote", "good-1") in events and ("rollback", "good-1") in events
     assert "parity" in ledger.entries("testpi")[-1].reason
 
+    # A release manager cannot "approve" a release the gate already rejected: the decision DAG runs
+    # the library's transition table and fails with its message; the device is left alone.
+    from airflow.dag_processing.dagbag import DagBag
+
+    decision = DagBag(dag_folder=str(DAGS)).dags["hailo_release_decision"]
+    run = decision.test(run_conf={"device": "testpi", "release_tag": "bad-1", "decision": "approve",
+                                  "reason": "looks fine to me"})
+    assert run.state == "failed"
+    assert "rolled_back cannot take event approve" in ledger.entries("testpi")[-1].reason
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as r:
+        assert json.loads(r.read())["config_version"] == "cfg-good-1"
+
 
 def test_bad_params_fail_before_anything_runs(airflow_db, pipeline_root):
     from airflow.dag_processing.dagbag import DagBag
