@@ -101,8 +101,7 @@ def stage_runtime_context(
         shutil.copyfile(wheel, ctx / "wheelhouse" / wheel.name)
     _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(ctx / "wheelhouse"), str(sidecar)],
          "pip wheel (sidecar)", timeout=600)
-    if hailort_wheel is not None:
-        hailort_wheel_version(hailort_wheel)
+    if hailort_wheel is not None:  # checked by build_and_push (hailort_wheel_version) before staging
         shutil.copyfile(hailort_wheel, ctx / "wheelhouse" / hailort_wheel.name)
     shutil.copyfile(repo / RUNTIME_DOCKERFILE, ctx / "Dockerfile")
     return ctx

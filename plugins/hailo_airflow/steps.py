@@ -78,12 +78,11 @@ def _params_and_run_id(context: Mapping[str, Any]) -> tuple[dict[str, Any], str]
     return dict(context.get("params") or {}), getattr(context.get("dag_run"), "run_id", None) or "unknown"
 
 
-def _on_device(context: Mapping[str, Any], call: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+def _on_device(params: Mapping[str, Any], call: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
     """Run a device-level library call (rollback, held decision) with the Airflow-side wiring:
     env, artifact store, and the SSH client from the device's connection."""
     from release.pipeline_env import PipelineEnv
 
-    params, _ = _params_and_run_id(context)
     with release_errors_as_airflow_failures():
         env = PipelineEnv.from_env()
         device = str(params.get("device", "local"))
@@ -96,7 +95,7 @@ def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
     from release.pipeline import rollback_device
 
     params, run_id = _params_and_run_id(context)
-    return _on_device(context, rollback_device, to=str(params.get("to", "previous")),
+    return _on_device(params, rollback_device, to=str(params.get("to", "previous")),
                       reason=str(params.get("reason", "on-call rollback")), triggered_by=f"airflow:{run_id}")
 
 
@@ -105,5 +104,5 @@ def run_held_decision(context: Mapping[str, Any]) -> dict[str, Any]:
     from release.pipeline import decide_held
 
     params, run_id = _params_and_run_id(context)
-    return _on_device(context, decide_held, tag=str(params["release_tag"]), decision=params["decision"],
+    return _on_device(params, decide_held, tag=str(params["release_tag"]), decision=params["decision"],
                       reason=str(params["reason"]), decided_by=f"airflow:{run_id}")
