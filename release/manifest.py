@@ -18,6 +18,7 @@ import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from release.errors import ManifestError
+from release.identifiers import anchor_schema_patterns
 from release.states import ReleaseState
 from release.validated import ContinuityIdStr, DeviceStr, TagStr
 
@@ -118,6 +119,10 @@ class ReleaseManifest(_Frozen):
     image: RuntimeImage
     gate: GateRecord
     previous_release_tag: TagStr | None
+    lease_s: float | None = Field(
+        None, gt=0, description="seconds the canary may run uncommitted once healthy before the device restores "
+        "its last-known-good by itself (gate duration + margin)",
+    )
     state: ReleaseState = ReleaseState.MANIFEST_WRITTEN
     kind: Literal["release", "rollback", "decision"] = "release"
     points_to_release_tag: TagStr | None = Field(
@@ -181,7 +186,9 @@ class ReleaseManifest(_Frozen):
 
 
 def json_schema() -> dict[str, Any]:
-    return ReleaseManifest.model_json_schema()
+    # Patterns with \A…\z semantics: a JSON-schema validator's `^…$` would accept a trailing newline.
+    schema: dict[str, Any] = anchor_schema_patterns(ReleaseManifest.model_json_schema())
+    return schema
 
 
 def write_json_schema(path: Path) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from release.errors import InvalidInput
+from release.identifiers import CONTINUITY_BODY, CONTINUITY_ID_MAX_LEN, DEVICE_BODY, TAG_BODY, json_schema_pattern
 from release.validated import ContinuityIdStr, DeviceStr, TagStr
 
 # Gate overrides a trigger may set, with the bounds that keep them safe: limits may only be
@@ -72,21 +73,26 @@ class ReleaseRequest(BaseModel):
 
 
 def params_json_schema() -> dict[str, Any]:
-    """JSON-schema fragments for the DAG's Params, derived from the same grammars."""
+    """JSON-schema fragments for the DAG's Params, derived from the same grammars.
+
+    Every pattern has \\A…\\z semantics (see identifiers.json_schema_pattern): Airflow validates
+    Params with `jsonschema`, whose `^…$` would otherwise accept a trailing newline.
+    """
     return {
         "continuity_id": {
             "type": "string",
-            "pattern": r"^ADR-[0-9]{4}-[a-z0-9]+(-[a-z0-9]+)*-[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+            "pattern": json_schema_pattern(CONTINUITY_BODY),
+            "maxLength": CONTINUITY_ID_MAX_LEN,
             "description": "e.g. ADR-0007-hailo-docker-2025-08-31",
         },
         "release_tag": {
             "type": "string",
-            "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+            "pattern": json_schema_pattern(TAG_BODY),
             "not": {"pattern": r"\.\."},
         },
-        "onnx_location": {"type": "string", "pattern": _ONNX_LOCATION.pattern},
-        "config_version": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
-        "device": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,62}$"},
+        "onnx_location": {"type": "string", "pattern": json_schema_pattern(_ONNX_LOCATION.pattern[1:-1])},
+        "config_version": {"type": "string", "pattern": json_schema_pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")},
+        "device": {"type": "string", "pattern": json_schema_pattern(DEVICE_BODY)},
         "gate_overrides": {
             "type": "object",
             "additionalProperties": False,
