@@ -1,27 +1,73 @@
-"""`python -m hailo_sidecar`: serve on 0.0.0.0:$PORT; exit 2 with the reason if config or model is bad."""
+"""`python -m hailo_sidecar`: serve on $HOST:$PORT (default 0.0.0.0:9000).
+
+A sidecar that cannot serve must not look alive, so the HEF check, model load and golden-window
+warm-up run, and the port is bound, before the server starts. Any failure on that path — whatever
+library raised it (onnxruntime's pybind errors, OSError from bind, ImportError) — ends in one
+documented JSON line on stderr and exit 2:
+
+    {"level": "error", "event": "refusing_to_start", "reason": "..."}
+
+(plus "error_type" and "traceback" when the exception is not one of the sidecar's own).
+Imports are deferred to where they are needed: what the chosen backend needs and nothing more.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import socket
 import sys
 import time
-
-import uvicorn
-
-from hailo_sidecar.backends import BackendError
-from hailo_sidecar.config import ConfigError, SidecarConfig
+import traceback
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; a record's JSON message is merged in, and an attached exception
+    keeps its traceback (the previous formatter dropped ``exc_info`` and so lost every traceback)."""
+
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
         try:
             body = json.loads(msg)
         except ValueError:
+            body = None
+        if not isinstance(body, dict):
             body = {"message": msg}
-        return json.dumps({"ts": round(time.time(), 3), "level": record.levelname.lower(), "logger": record.name, **body})
+        out = {"ts": round(time.time(), 3), "level": record.levelname.lower(), "logger": record.name, **body}
+        if record.exc_info:
+            exc = record.exc_info[1]
+            out["error_type"] = type(exc).__name__ if exc is not None else None
+            out["traceback"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out)
+
+
+def refusal(exc: BaseException) -> str:
+    """The documented refusal line for ``exc``."""
+    from hailo_sidecar.backends import BackendError
+    from hailo_sidecar.config import ConfigError
+
+    line: dict[str, object] = {"level": "error", "event": "refusing_to_start", "reason": str(exc) or type(exc).__name__}
+    if not isinstance(exc, (ConfigError, BackendError)):
+        line["error_type"] = type(exc).__name__
+        line["traceback"] = "".join(traceback.format_exception(exc))
+    return json.dumps(line)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def main() -> int:
@@ -29,17 +75,22 @@ def main() -> int:
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
+        from hailo_sidecar.config import SidecarConfig
+
         cfg = SidecarConfig.from_env()
-        from hailo_sidecar.app import _load, create_app
+        from hailo_sidecar.app import create_app, load
 
         app = create_app(cfg)
-        # Load before binding the port: a sidecar that cannot serve must not look alive.
-        _load(app.state.sidecar)
-    except (ConfigError, BackendError, RuntimeError) as exc:
-        print(json.dumps({"level": "error", "event": "refusing_to_start", "reason": str(exc)}), file=sys.stderr)
+        load(app.sidecar)
+        host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104 - a container port, published explicitly
+        sock = _bind(host, cfg.port)
+        import uvicorn
+
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    except Exception as exc:
+        print(refusal(exc), file=sys.stderr, flush=True)
         return 2
-    host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104 - a container port, published explicitly
-    uvicorn.run(app, host=host, port=cfg.port, log_config=None, access_log=False, lifespan="off")
+    server.run(sockets=[sock])
     return 0
 
 

@@ -5,13 +5,15 @@
 - ``hailo``: HailoRT 4.x ``hailo_platform`` (VDevice → create_infer_model → configure →
   bindings → run) on ``/dev/hailo0``.
 
-``auto`` picks hailo when the HEF, the library and the device are present, else onnx, else
-refuses: production never silently serves stub outputs.
+``auto`` picks hailo when a valid HEF, the library and the device are present, else onnx, else
+refuses: production never silently serves stub outputs. Each backend's library is imported only
+when that backend is chosen (onnxruntime alone is ~100 ms of import on this machine).
+Before a backend serves, ``warm_up`` runs the golden windows through it and refuses non-finite
+outputs (a model with NaN weights would otherwise answer every request with null).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import platform
@@ -26,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hailo_sidecar.config import SidecarConfig
+from hailo_sidecar.hef import HefInfo
 
 
 class BackendError(RuntimeError):
@@ -46,9 +49,50 @@ class Selection:
     reason: str
 
 
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+@dataclass(frozen=True)
+class HefState:
+    """What HEF_PATH holds: a validated HEF, nothing, or a file that is not a HEF (and why)."""
+
+    path: Path
+    info: HefInfo | None = None
+    problem: str | None = None  # set when a file is there but is not a valid HEF
+
+    @property
+    def present(self) -> bool:
+        return self.info is not None or self.problem is not None
+
+
+def golden_windows(n: int = 8, seed: int = 1, length: int = 100, channels: int = 9) -> np.ndarray:
+    """Deterministic float32 windows [n, L, C]: smooth multi-channel signals plus noise, the same
+    as release.sample_model.golden_windows (a test keeps them equal; the sidecar imports nothing
+    from release/)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, length, dtype=np.float64)[None, :, None]
+    freqs = rng.uniform(0.5, 8.0, size=(n, 1, channels))
+    phases = rng.uniform(0.0, 2 * np.pi, size=(n, 1, channels))
+    signal = np.sin(2 * np.pi * freqs * t + phases) + 0.1 * rng.standard_normal((n, length, channels))
+    return signal.astype(np.float32)
+
+
+def warm_up(backend: Backend, cfg: SidecarConfig) -> None:
+    """Run the golden windows plus an all-zero window; refuse wrong shapes and non-finite outputs."""
+    windows = np.concatenate(
+        [golden_windows(8, length=cfg.window_length, channels=cfg.window_channels),
+         np.zeros((1, cfg.window_length, cfg.window_channels), dtype=np.float32)]
+    )
+    latent, motifs = backend.infer(windows)
+    n = len(windows)
+    if latent.shape != (n, cfg.latent_dim) or motifs.shape != (n, cfg.num_motifs):
+        raise BackendError(
+            f"warm-up produced shapes {list(latent.shape)}, {list(motifs.shape)}; expected "
+            f"[{n}, {cfg.latent_dim}], [{n}, {cfg.num_motifs}] (NUM_MOTIFS?)"
+        )
+    bad = int((~np.isfinite(latent)).sum() + (~np.isfinite(motifs)).sum())
+    if bad:
+        raise BackendError(
+            f"warm-up on the golden windows produced {bad} non-finite outputs of {latent.size + motifs.size}: "
+            f"the {backend.name} model's weights or numerics are broken (NaN/Inf); refusing to serve it"
+        )
 
 
 class StubBackend:
@@ -70,21 +114,32 @@ class StubBackend:
         return latent.astype(np.float32), motifs.astype(np.float32)
 
 
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 class OnnxBackend:
     name = "onnx"
 
     def __init__(self, cfg: SidecarConfig) -> None:
-        import onnxruntime as ort
-
         path = cfg.onnx_path
         if not path.is_file():
             raise BackendError(f"ONNX model not found at ONNX_PATH={path}; mount the release's model.onnx there")
-        if cfg.expected_onnx_sha256 and sha256_of(path) != cfg.expected_onnx_sha256:
+        if cfg.expected_onnx_sha256 and _sha256_file(path) != cfg.expected_onnx_sha256:
             raise BackendError(f"{path}: sha256 does not match ONNX_SHA256={cfg.expected_onnx_sha256}")
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail, ...)
+            text = " ".join(str(exc).split())[:400]
+            raise BackendError(f"onnxruntime cannot load ONNX_PATH={path} ({type(exc).__name__}): {text}") from None
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
         shape = list(inp.shape)
@@ -92,11 +147,17 @@ class OnnxBackend:
             raise BackendError(
                 f"{path}: input {inp.name!r} has shape {shape}, expected [batch, {cfg.window_length}, {cfg.window_channels}]"
             )
+        if inp.type != "tensor(float)":
+            raise BackendError(f"{path}: input {inp.name!r} is {inp.type}, expected tensor(float) (float32)")
         self._batch = shape[0]
-        outputs = {o.name: o.shape for o in self._session.get_outputs()}
+        outputs = {o.name: o for o in self._session.get_outputs()}
         for name, size in (("latent", cfg.latent_dim), ("motif_scores", cfg.num_motifs)):
-            if name not in outputs or outputs[name][-1] != size:
-                raise BackendError(f"{path}: output {name!r} is {outputs.get(name)}, expected last dim {size} (NUM_MOTIFS?)")
+            out = outputs.get(name)
+            if out is None or not out.shape or out.shape[-1] != size:
+                shape_text = None if out is None else out.shape
+                raise BackendError(f"{path}: output {name!r} is {shape_text}, expected last dim {size} (NUM_MOTIFS?)")
+            if out.type != "tensor(float)":
+                raise BackendError(f"{path}: output {name!r} is {out.type}, expected tensor(float) (float32)")
         # onnxruntime sessions are thread-safe for run(), but one CPU thread each is all we
         # give it; a lock keeps latency predictable under concurrent requests.
         self._lock = threading.Lock()
@@ -136,9 +197,11 @@ class HailoBackend:
 
     name = "hailo"
 
-    def __init__(self, cfg: SidecarConfig, hef_arch: str | None = None) -> None:
-        if not cfg.hef_path.is_file():
-            raise BackendError(f"HEF not found at HEF_PATH={cfg.hef_path}")
+    def __init__(self, cfg: SidecarConfig, hef: HefState) -> None:
+        if hef.info is None:
+            raise BackendError(hef.problem or f"HEF not found at HEF_PATH={cfg.hef_path}")
+        if hef.info.kind == "placeholder":
+            raise BackendError(f"HEF_PATH={cfg.hef_path} is a placeholder (no DFC compile ran): nothing to run on Hailo")
         if not cfg.hailo_device.exists():
             raise BackendError(f"{cfg.hailo_device} is missing: run the container with --device {cfg.hailo_device}")
         try:
@@ -146,7 +209,7 @@ class HailoBackend:
         except ImportError as exc:
             raise BackendError(f"hailo_platform (HailoRT 4.x Python API) is not installed: {exc}") from None
         arch = device_architecture()
-        want = (hef_arch or "hailo8").lower()
+        want = hef.info.hw_arch
         if arch != want:
             raise BackendError(f"HEF compiled for {want} but the device is {arch}: recompile with --hw-arch {arch}")
         try:
@@ -183,7 +246,16 @@ class HailoBackend:
         return np.stack(latents), np.stack(motifs)
 
 
-def select_backend(cfg: SidecarConfig, hef_arch: str | None = None) -> Selection:
+def _hef_usable(hef: HefState) -> str | None:
+    """Why HEF_PATH cannot feed the Hailo backend, or None when it can."""
+    if hef.info is None:
+        return hef.problem or f"no HEF at {hef.path}"
+    if hef.info.kind == "placeholder":
+        return f"HEF at {hef.path} is a placeholder (no DFC compile ran)"
+    return None
+
+
+def select_backend(cfg: SidecarConfig, hef: HefState) -> Selection:
     """Choose the backend for ``cfg.infer_mode``; raise BackendError with the reason otherwise."""
     machine = platform.machine().lower()
     if cfg.infer_mode not in ("stub",) and machine in ("x86_64", "amd64") and not cfg.allow_amd64:
@@ -191,29 +263,29 @@ def select_backend(cfg: SidecarConfig, hef_arch: str | None = None) -> Selection
             f"refusing to serve a real backend on {machine}: the runtime image is for linux/arm64 (Pi 5). "
             "Set INFER_MODE=stub, or HAILO_SIDECAR_ALLOW_AMD64=1 for tests and the local demo."
         )
+    if cfg.infer_mode != "auto" and hef.problem is not None:
+        # A file that is not a HEF is never reported as one: in an explicit mode, refuse to start.
+        raise BackendError(f"INFER_MODE={cfg.infer_mode}: HEF_PATH is not a valid HEF: {hef.problem}")
     if cfg.infer_mode == "stub":
         return Selection(StubBackend(cfg), "INFER_MODE=stub")
     if cfg.infer_mode == "onnx":
         return Selection(OnnxBackend(cfg), "INFER_MODE=onnx")
     if cfg.infer_mode == "hailo":
-        return Selection(HailoBackend(cfg, hef_arch), "INFER_MODE=hailo")
-    reasons = []
+        return Selection(HailoBackend(cfg, hef), "INFER_MODE=hailo")
     has_lib = importlib.util.find_spec("hailo_platform") is not None
-    if cfg.hef_path.is_file() and has_lib and cfg.hailo_device.exists():
-        return Selection(HailoBackend(cfg, hef_arch), "auto: HEF, hailo_platform and the device are present")
-    reasons.append(
-        "hailo unavailable ("
-        + ", ".join(
-            what
-            for what, ok in (
-                (f"no HEF at {cfg.hef_path}", cfg.hef_path.is_file()),
-                ("hailo_platform not installed", has_lib),
-                (f"no {cfg.hailo_device}", cfg.hailo_device.exists()),
-            )
-            if not ok
+    hef_problem = _hef_usable(hef)
+    if hef_problem is None and has_lib and cfg.hailo_device.exists():
+        return Selection(HailoBackend(cfg, hef), "auto: a valid HEF, hailo_platform and the device are present")
+    missing = [
+        what
+        for what, ok in (
+            (hef_problem, hef_problem is None),
+            ("hailo_platform not installed", has_lib),
+            (f"no {cfg.hailo_device}", cfg.hailo_device.exists()),
         )
-        + ")"
-    )
+        if not ok
+    ]
+    reason = "hailo unavailable (" + "; ".join(str(m) for m in missing) + ")"
     if cfg.onnx_path.is_file():
-        return Selection(OnnxBackend(cfg), "auto: " + reasons[0] + "; serving the ONNX on the CPU")
-    raise BackendError("auto: no backend can serve: " + reasons[0] + f", and no ONNX at {cfg.onnx_path}")
+        return Selection(OnnxBackend(cfg), "auto: " + reason + "; serving the ONNX on the CPU")
+    raise BackendError("auto: no backend can serve: " + reason + f", and no ONNX at {cfg.onnx_path}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hailo_sidecar.config import SidecarConfig
+from hailo_sidecar.hef import encode_hef
 
 DOUBLES = Path(__file__).resolve().parents[1] / "doubles"
 
@@ -15,7 +16,7 @@ def model_dir(tmp_path, sample_onnx_path) -> Path:
     d = tmp_path / "models"
     d.mkdir()
     (d / "model.onnx").write_bytes(sample_onnx_path.read_bytes())
-    (d / "model.hef").write_bytes(b"HEF\x00double-hef-for-tests")
+    (d / "model.hef").write_bytes(encode_hef("hailo8", payload=b"double-hef-for-tests"))
     return d
 
 
