@@ -8,7 +8,12 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${HAILO_VENV:-$REPO_ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
-APT_PACKAGES=(docker.io docker-registry docker-compose openssh-server qemu-user-static binfmt-support debootstrap shellcheck openssl)
+# The hashed lock to install (requirements/, made by scripts/lock.sh). dev.lock = everything CI runs;
+# a scale-out host takes celery.lock, a machine that only triggers releases cli.lock.
+LOCK="${HAILO_LOCK:-$REPO_ROOT/requirements/dev.lock}"
+# postgresql + redis-server: the native scale-out stack (scripts/scaleout.sh, tests/scaleout).
+APT_PACKAGES=(docker.io docker-registry docker-compose openssh-server qemu-user-static binfmt-support debootstrap shellcheck openssl
+    postgresql redis-server)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -30,14 +35,28 @@ install_apt_packages() {
 
 install_venv() {
     local stamp="$VENV/.hailo-install-stamp" want
-    want="$(cat "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/sidecar/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+    want="$(cat "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/sidecar/pyproject.toml" "$LOCK" | sha256sum | cut -d' ' -f1)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
     fi
-    log "creating virtualenv $VENV and installing the project (Airflow + providers take a few minutes)"
+    log "installing $(basename "$LOCK") into $VENV (hash-checked, no resolver; Airflow + providers take a few minutes)"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install -q -U pip wheel setuptools
-    "$VENV/bin/pip" install -q -e "${REPO_ROOT}[dev]" -e "${REPO_ROOT}/sidecar[onnx]"
+    # Every third-party package from the lock, each checked against its sha256; nothing else.
+    "$VENV/bin/pip" install -q --require-hashes --no-deps -r "$LOCK"
+    # The project itself (editable), without touching the locked set.
+    local project=()
+    case "$(basename "$LOCK" .lock)" in
+        cli) project=(-e "$REPO_ROOT") ;;
+        airflow | celery) project=(-e "${REPO_ROOT}[$(basename "$LOCK" .lock)]") ;;
+        *) project=(-e "${REPO_ROOT}[celery,dev]" -e "${REPO_ROOT}/sidecar[onnx]") ;;
+    esac
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation "${project[@]}"
+    # A dependency added to a pyproject.toml but not to the lock shows up here: run scripts/lock.sh.
+    if ! "$VENV/bin/pip" check >&2; then
+        log "the lock $LOCK does not satisfy pyproject.toml: regenerate it with scripts/lock.sh"
+        return 1
+    fi
     echo "$want" >"$stamp"
 }
 
