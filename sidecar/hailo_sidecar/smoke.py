@@ -43,10 +43,15 @@ def check(base: str, expect_hef: str | None, expect_config: str | None, num_moti
             out = json.loads(resp.read())
     except (urllib.error.URLError, ValueError) as exc:
         return [*problems, f"/infer failed: {exc}"]
-    if len(out.get("latent", [])) != 64:
-        problems.append(f"/infer latent has {len(out.get('latent', []))} values, expected 64")
-    if len(out.get("motif_scores", [])) != num_motifs:
-        problems.append(f"/infer motif_scores has {len(out.get('motif_scores', []))} values, expected {num_motifs}")
+    for key, want in (("latent", 64), ("motif_scores", num_motifs)):
+        values = out.get(key)
+        if not isinstance(values, list) or len(values) != want:
+            problems.append(f"/infer {key} has {len(values) if isinstance(values, list) else values!r} values, expected {want}")
+            continue
+        # orjson writes NaN/Inf as null: an answer with null or non-finite values is a failure, not a 200 to trust.
+        bad = [i for i, v in enumerate(values) if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+        if bad:
+            problems.append(f"/infer {key} has {len(bad)} non-finite or non-numeric values (first at index {bad[0]})")
     return problems
 
 
