@@ -56,8 +56,10 @@ def rows() -> list[Row]:
             v1, v2 = bed.build("v1", "cfg-1"), bed.build("v2", "cfg-2")
             device = bed.device("pi-bench", "ssh", _port())
             t = ParamikoTransport(connect_ssh("127.0.0.1", ssh_port, getpass.getuser(), key, known))
-            dep.deploy_canary(t, device, v1, "v1", bed.public_key)
-            canary = dep.deploy_canary(t, device, v2, "v2", bed.public_key)
+            dep.deploy_canary(t, device, v1, "v1", bed.public_key, 600)
+            dep.commit(t, device, "v1")
+            canary = dep.deploy_canary(t, device, v2, "v2", bed.public_key, 600)
+            dep.commit(t, device, "v2")
             times = []
             for i in range(5):
                 target = "v1" if i % 2 == 0 else "v2"

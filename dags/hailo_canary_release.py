@@ -4,6 +4,10 @@ Thin wiring over the `release` library. Build tasks run on the `hailo-builder` q
 tasks on the `edge` queue (ignored by LocalExecutor, used by Celery). One release at a time:
 max_active_runs=1 and the `hailo_edge_devices` pool for the tasks that touch a device (the
 device agent's own lock guards each device against anything else).
+
+Fail-safe: the canary runs on the device as provisional, under a lease; only `promote` commits it.
+A task that fails after activation rolls the device back before failing; `ensure_safe` (trigger rule
+all_done) catches what no task could (a killed worker), and the device's own lease catches the rest.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, task
-from hailo_airflow.callbacks import record_failure_in_ledger
+from hailo_airflow.callbacks import record_failure_in_history
 from hailo_airflow.operators import CanaryDeployOperator, HailoCompileOperator, LatencyGateOperator
 from hailo_airflow.params import CANARY_PARAMS
 
@@ -23,7 +27,7 @@ default_args = {
     "owner": "release-managers",
     "retries": 0,
     "retry_delay": dt.timedelta(seconds=30),
-    "on_failure_callback": record_failure_in_ledger,
+    "on_failure_callback": record_failure_in_history,
 }
 
 
@@ -50,55 +54,78 @@ def hailo_canary_release() -> None:
     def validate_onnx(request: dict[str, object]) -> dict[str, object]:
         from hailo_airflow.steps import run_step
 
-        return run_step("validate", request)
+        from release.build_steps import validate
+
+        return run_step(validate, request)
 
     @task(queue=BUILD_QUEUE, retries=2)
     def build_push_image(request: dict[str, object], compiled: dict[str, object]) -> dict[str, object]:
         from hailo_airflow.steps import run_step
 
-        return run_step("image", request)
+        from release.build_steps import build_image
+
+        return run_step(build_image, request)
 
     @task(queue=BUILD_QUEUE, retries=1)
     def sign_release(request: dict[str, object], image: dict[str, object]) -> dict[str, object]:
         from hailo_airflow.steps import run_step
 
-        return run_step("sign", request)
+        from release.build_steps import sign
+
+        return run_step(sign, request)
 
     @task(queue=BUILD_QUEUE)
     def write_manifest(request: dict[str, object], signed: dict[str, object]) -> dict[str, object]:
         from hailo_airflow.steps import run_step
 
-        return run_step("manifest", request)
+        from release.build_steps import write_manifest as write
+
+        return run_step(write, request)
 
     @task.branch(queue=EDGE_QUEUE)
-    def decide(gate: dict[str, object]) -> str:
-        from hailo_airflow.steps import branch_for_verdict
+    def decide(request: dict[str, object], gate: dict[str, object]) -> str:
+        from hailo_airflow.steps import branch_for_state
 
-        return branch_for_verdict(gate)
+        return branch_for_state(request)
 
     @task(queue=EDGE_QUEUE, pool=DEVICE_POOL, retries=2)
     def promote(request: dict[str, object]) -> dict[str, object]:
         from hailo_airflow.steps import run_step
 
-        return run_step("promote", request)
+        from release.canary import promote as commit_canary
+
+        return run_step(commit_canary, request, device_step=True)
 
     @task(queue=EDGE_QUEUE, pool=DEVICE_POOL, retries=2)
     def rollback(request: dict[str, object]) -> dict[str, object]:
         from hailo_airflow.steps import run_step
 
-        return run_step("rollback", request)
+        from release.canary import rollback as restore
 
-    @task(queue=EDGE_QUEUE)
+        return run_step(restore, request, device_step=True)
+
+    @task(queue=EDGE_QUEUE, pool=DEVICE_POOL)
     def hold(request: dict[str, object]) -> dict[str, object]:
         from hailo_airflow.steps import run_step
 
-        return run_step("hold", request)
+        from release.canary import hold as hold_for_human
+
+        return run_step(hold_for_human, request, device_step=True)
 
     @task(queue=BUILD_QUEUE, trigger_rule="none_failed_min_one_success", retries=2)
     def report(request: dict[str, object]) -> dict[str, object]:
-        from hailo_airflow.steps import run_step
+        from hailo_airflow.context import artifact_store, request_from
 
-        return run_step("report", request)
+        from release.pipeline import report as summary
+        from release.pipeline_env import PipelineEnv
+
+        return summary(request_from(dict(request)), artifact_store(PipelineEnv.from_env()))
+
+    @task(queue=EDGE_QUEUE, trigger_rule="all_done", retries=2)
+    def ensure_safe(request: dict[str, object], **context: object) -> dict[str, object]:
+        from hailo_airflow.steps import ensure_safe as settle
+
+        return settle(request, context)
 
     request = prepare()
     validated = validate_onnx(request)
@@ -113,10 +140,12 @@ def hailo_canary_release() -> None:
     manifest >> deployed
     gated = LatencyGateOperator(task_id="latency_gate", request=request, queue=EDGE_QUEUE, pool=DEVICE_POOL)
     deployed >> gated
-    branch = decide(gated.output)
+    branch = decide(request, gated.output)
     outcomes = [promote(request), rollback(request), hold(request)]
     branch >> outcomes
-    outcomes >> report(request)
+    reported = report(request)
+    outcomes >> reported
+    reported >> ensure_safe(request)
 
 
 hailo_canary_release()

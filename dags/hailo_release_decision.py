@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, task
-from hailo_airflow.callbacks import record_failure_in_ledger
 from hailo_airflow.params import DECISION_PARAMS
 
 
@@ -22,7 +21,7 @@ from hailo_airflow.params import DECISION_PARAMS
     max_active_runs=1,
     is_paused_upon_creation=False,
     params={name: Param(**spec) for name, spec in DECISION_PARAMS.items()},
-    default_args={"owner": "release-managers", "retries": 0, "on_failure_callback": record_failure_in_ledger},
+    default_args={"owner": "release-managers", "retries": 0},
     tags=["hailo", "release"],
     doc_md=__doc__,
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, task
-from hailo_airflow.callbacks import record_failure_in_ledger
 from hailo_airflow.params import ROLLBACK_PARAMS
 
 
@@ -21,7 +20,7 @@ from hailo_airflow.params import ROLLBACK_PARAMS
     max_active_runs=1,
     is_paused_upon_creation=False,
     params={name: Param(**spec) for name, spec in ROLLBACK_PARAMS.items()},
-    default_args={"owner": "on-call", "retries": 0, "on_failure_callback": record_failure_in_ledger},
+    default_args={"owner": "on-call", "retries": 0},
     tags=["hailo", "rollback"],
     doc_md=__doc__,
 )

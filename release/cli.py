@@ -1,8 +1,10 @@
 """`hailo-release`: a thin command-line interface over the release library.
 
-Exit codes: 0 success; 1 a step failed; 2 bad input (malformed model, tag, ID, setting);
-3 integrity failure (checksum or signature mismatch); 4 artifact exists / not found;
-5 device locked by another release; 6 refused for production; 70 internal error.
+Exit codes: 0 success (`run`: promoted); 1 a step failed (`run`: failed, device restored);
+2 bad input (malformed model, tag, ID, setting); 3 integrity failure (checksum or signature
+mismatch; `status`: device and store disagree); 4 artifact exists / not found; 5 device locked by
+another release; 6 refused for production; 10 rolled back; 11 held (gate inconclusive);
+70 internal error.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def _env_and_store() -> tuple[Any, Any]:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     import getpass
 
-    from release.pipeline import rollback_device
+    from release.operations import rollback_device
 
     env, store = _env_and_store()
     with Progress().step(f"rollback {args.device} to {args.to}"):
@@ -112,7 +114,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_decide(args: argparse.Namespace) -> int:
     import getpass
 
-    from release.pipeline import decide_held
+    from release.operations import decide_held
 
     env, store = _env_and_store()
     with Progress().step(f"{args.decision} held release {args.tag} on {args.device}"):
@@ -126,7 +128,7 @@ def _cmd_decide(args: argparse.Namespace) -> int:
 
 def _cmd_attest(args: argparse.Namespace) -> int:
     from release.bundle_signing import KeyBundleSigner, KeylessBundleSigner
-    from release.pipeline import attest_release
+    from release.operations import attest_release
 
     env, store = _env_and_store()
     # Keyless unless a key is named: in GitHub Actions that is the workflow's OIDC identity; with no
@@ -139,7 +141,9 @@ def _cmd_attest(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from release.pipeline import run_all
+    import signal
+
+    from release.pipeline import report, run_all
     from release.request import ReleaseRequest
 
     env, store = _env_and_store()
@@ -150,9 +154,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "triggered_by": "cli",
         }
     )
+
+    def _terminated(signum: int, _frame: object) -> None:
+        # SIGTERM (systemd stop, CI cancel) unwinds like an error, so the fail-safe still runs.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
     progress = Progress()
-    summaries = run_all(req, env, store, say=progress.say)
-    return 0 if summaries.get("report", {}).get("state") == "promoted" else 1
+    outcome = run_all(req, env, store, say=progress.say)
+    summary = report(req, store)
+    print(json.dumps(summary, indent=2))
+    progress.say(f"release {req.release_tag}: {outcome.state.value} (exit {outcome.exit_code})")
+    return outcome.exit_code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from release.operations import status
+
+    env, store = _env_and_store()
+    result = status(env, store, args.device)
+    print(json.dumps(result.as_dict(), indent=2, default=str))
+    return 0 if result.agrees else 3
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    import getpass
+
+    from release.operations import reconcile, status
+
+    env, store = _env_and_store()
+    result = reconcile(env, store, args.device, actor=f"cli:{getpass.getuser()}")
+    after = status(env, store, args.device)
+    print(json.dumps({**result, "status": after.as_dict()}, indent=2, default=str))
+    return 0 if after.agrees else 3
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from release.history import History
+
+    _, store = _env_and_store()
+    history = History(store)
+    records = history.for_device(args.device) if args.device else history.records()
+    for record in records:
+        if args.tag and record.release_tag != args.tag:
+            continue
+        print(record.model_dump_json())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="local")
     p.add_argument("--production", action="store_true", help="refuse placeholders, dev keys and skipped images")
     p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser(
+        "status", help="what a device runs, its last-known-good and lease, beside the store's history (exit 3: they disagree)"
+    )
+    p.add_argument("--device", required=True)
+    p.set_defaults(handler=_cmd_status)
+
+    p = sub.add_parser(
+        "reconcile", help="record what a device did on its own (lease expiry, commit kept) for the canary in flight"
+    )
+    p.add_argument("--device", required=True)
+    p.set_defaults(handler=_cmd_reconcile)
+
+    p = sub.add_parser("history", help="the release history from the store (every state change), as JSON lines")
+    p.add_argument("--device", help="only this device's records (its ledger)")
+    p.add_argument("--tag", help="only this release's records")
+    p.set_defaults(handler=_cmd_history)
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)

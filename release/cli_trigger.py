@@ -58,9 +58,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.no_follow:
         return 0
     state, tasks = client.follow(args.dag, run_id, poll_s=args.poll, timeout_s=args.timeout)
-    outcome = outcome_of(state, tasks)
-    report = client.xcom(args.dag, run_id, "report") if args.dag == DEFAULT_DAG else None
-    text = summary_markdown(run_id, outcome, report if isinstance(report, dict) else None)
+    outcome = outcome_of(state, tasks, args.dag)
+    report = client.xcom(args.dag, run_id, "report") if args.dag == DEFAULT_DAG and state == "success" else None
+    text = summary_markdown(run_id, outcome, report if isinstance(report, dict) else None, args.dag)
     print(text)
     if args.summary_file:
         with open(args.summary_file, "a", encoding="utf-8") as fh:

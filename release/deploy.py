@@ -20,12 +20,19 @@ from release.identifiers import ReleaseTag
 from release.transport import Transport
 
 AGENT_SOURCE = Path(__file__).with_name("device_agent.py")
+# The agent ships as these two standard-library files, side by side in the device's bin/.
+AGENT_FILES = (AGENT_SOURCE, Path(__file__).with_name("device_checks.py"))
 BUNDLE_FILES = ("manifest.json", "manifest.json.sig", "model.hef", "model.onnx", "hef_sha256sum.txt")
-AGENT_EXIT_INTEGRITY, AGENT_EXIT_PREFLIGHT, AGENT_EXIT_LOCKED, AGENT_EXIT_UNHEALTHY = 3, 4, 5, 6
+AGENT_EXIT_INTEGRITY, AGENT_EXIT_PREFLIGHT, AGENT_EXIT_LOCKED, AGENT_EXIT_UNHEALTHY, AGENT_EXIT_LEASE = 3, 4, 5, 6, 7
+LAST_KNOWN_GOOD = "last-known-good"
 
 
 class Unhealthy(StepFailed):
     """The new release did not become healthy; the agent restored the last-known-good one."""
+
+
+class LeaseExpired(StepFailed):
+    """The canary's lease ran out before the commit: the agent already restored last-known-good."""
 
 
 class PreflightRefused(StepFailed):
@@ -55,6 +62,7 @@ def _agent(transport: Transport, device: DeviceSpec, *args: str, timeout: float 
         AGENT_EXIT_PREFLIGHT: PreflightRefused,
         AGENT_EXIT_LOCKED: LockHeld,
         AGENT_EXIT_UNHEALTHY: Unhealthy,
+        AGENT_EXIT_LEASE: LeaseExpired,
     }
     raise errors.get(res.returncode, StepFailed)(f"device {device.name}: {detail}")
 
@@ -65,7 +73,7 @@ def agent_config(device: DeviceSpec, public_key_path: str) -> dict[str, Any]:
         "health_url": device.health_url,
         "health_timeout_s": device.health_timeout_s,
     }
-    for key in ("restart_command", "prepull_command", "identify_command", "driver_version_command"):
+    for key in ("restart_command", "stop_command", "prepull_command", "identify_command", "driver_version_command"):
         value = getattr(device, key)
         if value:
             cfg[key] = value
@@ -78,7 +86,8 @@ def install_agent(transport: Transport, device: DeviceSpec, public_key: Path) ->
     res = transport.run(["mkdir", "-p", f"{root}/bin", f"{root}/releases"], timeout=30)
     if res.returncode != 0:
         raise StepFailed(f"device {device.name}: cannot create {root}: {res.stderr.strip()}")
-    transport.upload(AGENT_SOURCE, f"{root}/bin/device_agent.py")
+    for source in AGENT_FILES:
+        transport.upload(source, f"{root}/bin/{source.name}")
     transport.upload(public_key, f"{root}/release-signing.pub")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "agent.json"
@@ -104,17 +113,28 @@ def stage(transport: Transport, device: DeviceSpec, tag: str) -> AgentReply:
     return _agent(transport, device, "stage", ReleaseTag(tag).value)
 
 
-def activate(transport: Transport, device: DeviceSpec, tag: str) -> AgentReply:
-    return _agent(transport, device, "activate", ReleaseTag(tag).value)
+def activate(transport: Transport, device: DeviceSpec, tag: str, lease_s: float) -> AgentReply:
+    """Start ``tag`` as a provisional canary: unless committed within ``lease_s`` of becoming healthy,
+    the device restores its last-known-good release by itself."""
+    return _agent(transport, device, "activate", ReleaseTag(tag).value, "--lease-s", f"{lease_s:.3f}")
 
 
-def promote(transport: Transport, device: DeviceSpec, tag: str) -> AgentReply:
-    return _agent(transport, device, "promote", ReleaseTag(tag).value)
+def extend_lease(transport: Transport, device: DeviceSpec, tag: str, lease_s: float) -> AgentReply:
+    return _agent(transport, device, "extend", ReleaseTag(tag).value, "--lease-s", f"{lease_s:.3f}")
 
 
-def rollback(transport: Transport, device: DeviceSpec, to: str = "previous") -> AgentReply:
-    target = to if to == "previous" else ReleaseTag(to).value
-    return _agent(transport, device, "rollback", "--to", target)
+def commit(transport: Transport, device: DeviceSpec, tag: str) -> AgentReply:
+    """Make the provisional canary the device's last-known-good (LeaseExpired if it is too late)."""
+    return _agent(transport, device, "commit", ReleaseTag(tag).value)
+
+
+def rollback(transport: Transport, device: DeviceSpec, to: str | None, expect_hef: str | None = None) -> AgentReply:
+    """Restore release ``to`` (an explicit tag from the store, its hef_sha256 checked on the device), or
+    with ``to=None`` the device's own committed release."""
+    argv = ["rollback", "--to", LAST_KNOWN_GOOD if to is None else ReleaseTag(to).value]
+    if expect_hef is not None:
+        argv += ["--expect-hef", expect_hef]
+    return _agent(transport, device, *argv)
 
 
 def status(transport: Transport, device: DeviceSpec) -> dict[str, Any]:
@@ -140,8 +160,11 @@ class RollbackResult:
     status: dict[str, Any]
 
 
-def deploy_canary(transport: Transport, device: DeviceSpec, bundle_dir: Path, tag: str, public_key: Path) -> DeployResult:
-    """Install the agent, upload the bundle (verified, resumable), activate it; raise if it stayed unhealthy.
+def deploy_canary(
+    transport: Transport, device: DeviceSpec, bundle_dir: Path, tag: str, public_key: Path, lease_s: float
+) -> DeployResult:
+    """Install the agent, upload the bundle (verified, resumable), stage it, activate it under a lease;
+    raise if it stayed unhealthy.
 
     On Unhealthy / IntegrityError / PreflightRefused the device is already back on (or never left)
     its last-known-good release: the agent restores it before answering.
@@ -152,14 +175,14 @@ def deploy_canary(transport: Transport, device: DeviceSpec, bundle_dir: Path, ta
     upload_bundle(transport, device, bundle_dir, tag)
     stage(transport, device, tag)
     t_up = time.monotonic()
-    activate(transport, device, tag)
+    activate(transport, device, tag, lease_s)
     t_act = time.monotonic()
     return DeployResult(tag, t_up - t0, t_act - t_up, time.monotonic() - t0, status(transport, device))
 
 
-def rollback_to_healthy(transport: Transport, device: DeviceSpec, to: str = "previous") -> RollbackResult:
+def rollback_to_healthy(transport: Transport, device: DeviceSpec, to: str | None, expect_hef: str | None = None) -> RollbackResult:
     """Roll back and time it from the command to the target answering healthy (checked by the agent)."""
     t0 = time.monotonic()
-    reply = rollback(transport, device, to)
+    reply = rollback(transport, device, to, expect_hef)
     elapsed = time.monotonic() - t0
     return RollbackResult(str(reply.body["rolled_back_to"]), reply.body.get("from"), elapsed, status(transport, device))

@@ -1,112 +1,115 @@
 #!/usr/bin/env python3
-"""hailo device agent: activates, promotes and rolls back releases on one device (the Pi).
+"""hailo device agent: activates, commits and rolls back releases on one device (the Pi).
 
 Standard library only: it is copied to the device and run with the system python3. It must not
 import anything from the `release` package.
 
+Commit or roll back (Mender's model): `activate` starts a canary as *provisional*, under a lease
+with a deadline. Only `commit` makes it last-known-good. If the lease runs out before a commit —
+orchestrator dead, worker killed, SSH cut, build host rebooted — the agent restores the
+last-known-good release by itself: `activate` starts a detached watchdog (its own session, so a
+dropped SSH session cannot take it down) that wakes at the deadline and runs `check-lease`; every
+other command runs it first too, so a device that rebooted converges at the next contact.
+
 Layout under --root (default /opt/hailo):
   releases/<tag>/          uploaded bundle: manifest.json, manifest.json.sig, model.onnx, model.hef, ...
-  current  -> releases/<tag>   what runs now
-  previous -> releases/<tag>   last-known-good, the rollback target
+  current   -> releases/<tag>   what runs now
+  committed -> releases/<tag>   last-known-good: the last committed release (never a provisional one)
+  previous  -> releases/<tag>   the committed release before `committed` (on-call "previous")
+  lease.json               the provisional canary: tag, deadline, what to restore
   journal.json             write-ahead intent of an unfinished switch (fsync'd)
-  agent.json               configuration (public key, restart/pre-pull/preflight commands, health URL)
+  events.jsonl             what the agent did on its own account (lease expiry, recovery, commits)
+  agent.json               configuration (public key, restart/stop/pre-pull/preflight commands, health URL)
   agent.lock               one operation at a time (flock)
 
-Every command first runs `recover`: an unfinished switch found in the journal (agent killed,
-power lost, SSH dropped) is undone to the last-known-good release, so the device never stays in
-a half state and a re-run converges. Output: one JSON object on stdout.
+Every command first runs `recover` (an unfinished switch in the journal is undone) and then the
+lease check. Output: one JSON object on stdout.
 
 Signatures: the standard library has no ECDSA, so the manifest's ECDSA P-256 signature is checked
 with `openssl dgst -sha256 -verify PUB -signature SIG manifest.json` (argv, no shell); openssl
 ships with Raspberry Pi OS. The HEF and ONNX sha256 are then checked against the signed manifest.
 
-Commands: stage, verify, activate, rollback [--to TAG|previous], promote, status, recover.
+Commands: stage, verify, activate TAG --lease-s N, extend TAG --lease-s N, commit TAG, rollback --to TAG|last-known-good
+[--expect-hef SHA256], status, recover, check-lease, watchdog.
 
 Exit codes: 0 ok · 1 failure · 2 usage / bad tag · 3 integrity (checksum or signature) ·
-4 preflight refused · 5 another operation holds the lock · 6 new release unhealthy, rolled back.
+4 preflight refused · 5 another operation holds the lock · 6 new release unhealthy, rolled back ·
+7 the lease on this canary ran out: it was rolled back.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-RESERVED = {"current", "previous", "latest"}
-REQUIRED_FILES = ("manifest.json", "manifest.json.sig", "model.hef", "model.onnx")
-EXIT_FAIL, EXIT_USAGE, EXIT_INTEGRITY, EXIT_PREFLIGHT, EXIT_LOCKED, EXIT_UNHEALTHY = 1, 2, 3, 4, 5, 6
+# Shipped as two files into the same bin/ directory; -I (isolated mode) drops the script's
+# directory from sys.path, so it is put back explicitly. mypy sees the package module.
+if TYPE_CHECKING:
+    from .device_checks import (
+        EXIT_FAIL,
+        EXIT_INTEGRITY,
+        EXIT_LEASE,
+        EXIT_LOCKED,
+        EXIT_PREFLIGHT,
+        EXIT_UNHEALTHY,
+        EXIT_USAGE,
+        LKG,
+        AgentError,
+        Checks,
+        check_tag,
+        crash_point,
+        fsync_dir,
+        lock,
+        write_atomic,
+    )
+else:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from device_checks import (
+        EXIT_FAIL,
+        EXIT_INTEGRITY,
+        EXIT_LEASE,
+        EXIT_LOCKED,
+        EXIT_PREFLIGHT,
+        EXIT_UNHEALTHY,
+        EXIT_USAGE,
+        LKG,
+        AgentError,
+        Checks,
+        check_tag,
+        crash_point,
+        fsync_dir,
+        lock,
+        write_atomic,
+    )
 
+__all__ = ["EXIT_FAIL", "EXIT_INTEGRITY", "EXIT_LEASE", "EXIT_LOCKED", "EXIT_PREFLIGHT", "EXIT_UNHEALTHY", "EXIT_USAGE",
+           "AgentError", "check_tag", "main"]
 
-class AgentError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def check_tag(tag: str) -> str:
-    if not TAG_RE.fullmatch(tag) or ".." in tag or tag in RESERVED:
-        raise AgentError(EXIT_USAGE, f"invalid release tag {tag!r}")
-    return tag
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def crash_point(name: str) -> None:
-    """Test hook: HAILO_AGENT_CRASH_AT=<name> kills the agent here, like a power cut."""
-    if os.environ.get("HAILO_AGENT_CRASH_AT") == name:
-        os._exit(137)
-
-
-class Agent:
+class Agent(Checks):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.releases = root / "releases"
         cfg_path = root / "agent.json"
         self.cfg: dict[str, Any] = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
 
-    # -- pointers ---------------------------------------------------------------------------
+    # -- pointers, lease, journal, events ---------------------------------------------------
     def pointer(self, name: str) -> str | None:
         link = self.root / name
-        if not link.is_symlink():
-            return None
-        return Path(os.readlink(link)).name
+        return Path(os.readlink(link)).name if link.is_symlink() else None
 
     def set_pointer(self, name: str, tag: str | None) -> None:
         link = self.root / name
         if tag is None:
             link.unlink(missing_ok=True)
+            fsync_dir(self.root)
             return
         tmp = self.root / f".{name}.tmp"
         tmp.unlink(missing_ok=True)
@@ -114,112 +117,50 @@ class Agent:
         os.replace(tmp, link)  # rename(2) over the old link: atomic
         fsync_dir(self.root)
 
-    # -- journal ----------------------------------------------------------------------------
-    @property
-    def journal_path(self) -> Path:
-        return self.root / "journal.json"
-
-    def journal(self) -> dict[str, Any] | None:
+    def _read_json(self, name: str) -> dict[str, Any] | None:
         try:
-            data: dict[str, Any] = json.loads(self.journal_path.read_text())
+            data: dict[str, Any] = json.loads((self.root / name).read_text())
             return data
         except FileNotFoundError:
             return None
         except ValueError:
-            # A torn journal write means the switch never started (the journal is written first).
+            # A torn write means the operation it announces never started (it is written first).
             return {"op": "unknown"}
 
-    def write_journal(self, entry: dict[str, Any]) -> None:
-        write_atomic(self.journal_path, json.dumps(entry).encode())
+    def journal(self) -> dict[str, Any] | None:
+        return self._read_json("journal.json")
 
-    def clear_journal(self) -> None:
-        self.journal_path.unlink(missing_ok=True)
+    def lease(self) -> dict[str, Any] | None:
+        return self._read_json("lease.json")
+
+    def write_json(self, name: str, entry: dict[str, Any]) -> None:
+        write_atomic(self.root / name, json.dumps(entry).encode())
+
+    def remove(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
         fsync_dir(self.root)
 
-    # -- commands as configuration ------------------------------------------------------------
-    def run_configured(self, key: str, values: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str] | None:
-        argv = self.cfg.get(key)
-        if not argv:
-            return None
-        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-            raise AgentError(EXIT_USAGE, f"agent.json: {key} must be a list of strings (argv)")
-        # Placeholders are replaced inside single argv elements; values are validated tags and
-        # paths under the release root, and nothing here goes through a shell.
-        expanded = [a.format_map(values) for a in argv]
-        # The release identity also goes to the command's environment: docker-compose.pi.yaml
-        # reads HAILO_RUNTIME_IMAGE (repo@digest), HEF_SHA256 and CONFIG_VERSION from it.
-        env = dict(os.environ)
-        env.update({f"HAILO_RELEASE_{k.upper()}": v for k, v in values.items()})
-        for key in ("HAILO_RUNTIME_IMAGE", "HEF_SHA256", "CONFIG_VERSION"):
-            if values.get(key.lower()):
-                env[key] = values[key.lower()]
-        return subprocess.run(expanded, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+    def event(self, event: str, tag: str | None, detail: str, **extra: Any) -> None:
+        line = json.dumps({"at": time.time(), "event": event, "tag": tag, "detail": detail, **extra})
+        with open(self.root / "events.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
-    # -- verification -----------------------------------------------------------------------
-    def manifest(self, tag: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.releases / tag / "manifest.json").read_bytes())
-        return data
+    def events(self, limit: int = 50) -> list[dict[str, Any]]:
+        try:
+            lines = (self.root / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines[-limit:]:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line after a power cut
+        return out
 
-    def verify(self, tag: str) -> dict[str, Any]:
-        rel = self.releases / check_tag(tag)
-        if not rel.is_dir():
-            raise AgentError(EXIT_INTEGRITY, f"release {tag} is not on the device ({rel})")
-        missing = [f for f in REQUIRED_FILES if not (rel / f).is_file()]
-        if missing:
-            raise AgentError(EXIT_INTEGRITY, f"release {tag}: bundle incomplete, missing {missing}")
-        pub = self.cfg.get("public_key")
-        if not pub or not Path(pub).is_file():
-            raise AgentError(EXIT_INTEGRITY, "agent.json: public_key is not set or missing; refusing unsigned releases")
-        res = subprocess.run(
-            ["openssl", "dgst", "-sha256", "-verify", pub, "-signature", str(rel / "manifest.json.sig"), str(rel / "manifest.json")],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-        )
-        if res.returncode != 0:
-            raise AgentError(EXIT_INTEGRITY, f"release {tag}: manifest signature does not verify ({res.stdout.strip() or res.stderr.strip()})")
-        manifest = self.manifest(tag)
-        if manifest.get("release_tag") != tag and manifest.get("points_to_release_tag") != tag:
-            raise AgentError(EXIT_INTEGRITY, f"release {tag}: manifest is for {manifest.get('release_tag')!r}")
-        expected = {"model.hef": manifest["hef"]["hef_sha256"], "model.onnx": manifest["onnx"]["sha256"]}
-        for name, digest in expected.items():
-            actual = sha256_file(rel / name)
-            if actual != digest:
-                raise AgentError(EXIT_INTEGRITY, f"release {tag}: {name} sha256 {actual} != signed manifest {digest}")
-        return manifest
-
-    def preflight(self, tag: str, manifest: dict[str, Any]) -> None:
-        values = self.values(tag, manifest)
-        res = self.run_configured("identify_command", values, timeout=30)
-        if res is not None:
-            match = re.search(r"Device Architecture:\s*(\S+)", res.stdout)
-            if res.returncode != 0 or match is None:
-                raise AgentError(EXIT_PREFLIGHT, f"cannot identify the Hailo device: {res.stderr.strip()[-200:]}")
-            device_arch = match.group(1).lower().replace("_", "")
-            hef_arch = manifest["hef"]["hw_arch"]
-            if device_arch != hef_arch:
-                raise AgentError(EXIT_PREFLIGHT, f"HEF is for {hef_arch} but the device is {device_arch}")
-        res = self.run_configured("driver_version_command", values, timeout=30)
-        if res is not None:
-            driver = res.stdout.strip()
-            # The image's HailoRT is what talks to the driver; the HEF's is what it was compiled for.
-            want = (manifest.get("image") or {}).get("hailort_version") or manifest["hef"].get("hailort_version")
-            if want and driver != want:
-                raise AgentError(
-                    EXIT_PREFLIGHT,
-                    f"HailoRT {want} in the release does not match the host driver {driver!r} (HAILO_INVALID_DRIVER_VERSION)",
-                )
-
-    def values(self, tag: str, manifest: dict[str, Any] | None = None) -> dict[str, str]:
-        image = ""
-        if manifest and manifest.get("image", {}).get("digest"):
-            image = f"{manifest['image']['repository']}@{manifest['image']['digest']}"
-        values = {"tag": tag, "release_dir": str(self.releases / tag), "root": str(self.root), "image": image,
-                  "hailo_runtime_image": image, "hef_sha256": "", "config_version": ""}
-        if manifest:
-            values["hef_sha256"] = manifest["hef"]["hef_sha256"]
-            values["config_version"] = manifest["config_version"]
-        return values
-
-    # -- health -----------------------------------------------------------------------------
+    # -- health, start, stop ------------------------------------------------------------------
     def wait_healthy(self, manifest: dict[str, Any], timeout: float) -> tuple[bool, str]:
         url = self.cfg.get("health_url", "http://127.0.0.1:9000").rstrip("/")
         deadline = time.monotonic() + timeout
@@ -240,31 +181,84 @@ class Agent:
             time.sleep(0.2)
         return False, f"not healthy within {timeout:.0f}s: {last}"
 
+    @property
+    def health_timeout(self) -> float:
+        return float(self.cfg.get("health_timeout_s", 30))
+
     def restart(self, tag: str) -> None:
         res = self.run_configured("restart_command", self.values(tag, self.manifest(tag)))
         if res is not None and res.returncode != 0:
             raise AgentError(EXIT_FAIL, f"restart command failed ({res.returncode}): {res.stderr.strip()[-300:]}")
 
-    # -- operations -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop the sidecar: what "restore" means on a device that has no committed release yet."""
+        res = self.run_configured("stop_command", {"root": str(self.root)}, timeout=120)
+        if res is not None and res.returncode != 0:
+            raise AgentError(EXIT_FAIL, f"stop command failed ({res.returncode}): {res.stderr.strip()[-300:]}")
+
+    def switch_to(self, tag: str | None) -> tuple[bool | None, str]:
+        """Point `current` at ``tag`` (None: nothing runs) and start it; (healthy, detail)."""
+        self.set_pointer("current", tag)
+        crash_point("after-switch")
+        if tag is None:
+            self.stop()
+            return None, "no committed release: sidecar stopped"
+        try:
+            self.restart(tag)
+            return self.wait_healthy(self.manifest(tag), self.health_timeout)
+        except (AgentError, subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+            return False, str(exc)
+
+    # -- recovery and the lease -------------------------------------------------------------
     def recover(self) -> dict[str, Any]:
         entry = self.journal()
         if entry is None:
             return {"recovered": False}
         if entry.get("op") == "unknown":
             # Torn journal write: the pointers were never touched (the journal comes first).
-            self.clear_journal()
+            self.remove("journal.json")
             return {"recovered": True, "restored": self.pointer("current"), "restored_healthy": None, "interrupted": "unknown"}
         good = entry.get("restore_current")
-        self.set_pointer("current", good)
+        self.set_pointer("committed", entry.get("restore_committed", self.pointer("committed")))
         self.set_pointer("previous", entry.get("restore_previous"))
-        healthy = None
-        if good:
-            self.restart(good)
-            healthy, _ = self.wait_healthy(self.manifest(good), float(self.cfg.get("health_timeout_s", 30)))
-        self.clear_journal()
+        healthy, _ = self.switch_to(good)
+        self.remove("lease.json")
+        self.remove("journal.json")
+        self.event("recovered", good, f"interrupted {entry.get('op')} of {entry.get('tag')} undone")
         return {"recovered": True, "restored": good, "restored_healthy": healthy, "interrupted": entry.get("op")}
 
-    def activate(self, tag: str) -> dict[str, Any]:
+    def check_lease(self) -> dict[str, Any]:
+        lease = self.lease()
+        if lease is None:
+            return {"lease": None}
+        tag = lease.get("tag")
+        if tag is None or self.pointer("current") != tag:
+            self.remove("lease.json")  # a torn or stale lease: the canary it covered no longer runs
+            return {"lease": None, "dropped_stale_lease": tag}
+        remaining = float(lease["deadline"]) - time.time()
+        if remaining > 0:
+            return {"lease": lease, "remaining_s": round(remaining, 3)}
+        good = self.pointer("committed")
+        self.write_json("journal.json", {"op": "lease-expired", "tag": tag, "restore_current": good,
+                                         "restore_committed": good, "restore_previous": self.pointer("previous")})
+        healthy, detail = self.switch_to(good)
+        self.remove("lease.json")
+        self.remove("journal.json")
+        reason = f"lease on provisional {tag} ran out {-remaining:.1f}s ago without a commit; restored {good or 'nothing'}"
+        self.event("lease_expired", tag, reason, restored=good, restored_healthy=healthy)
+        return {"lease": None, "expired": tag, "restored": good, "restored_healthy": healthy, "detail": detail}
+
+    def spawn_watchdog(self) -> None:
+        # Its own session and no inherited descriptors: neither the SSH session ending (SIGHUP) nor
+        # the orchestrator dying reaches it. It exits once the lease is gone.
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--root", str(self.root), "watchdog"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
+
+    # -- operations -------------------------------------------------------------------------
+    def activate(self, tag: str, lease_s: float) -> dict[str, Any]:
         t0 = time.monotonic()
         manifest = self.verify(tag)
         self.preflight(tag, manifest)
@@ -272,87 +266,126 @@ class Agent:
             res = self.run_configured("prepull_command", self.values(tag, manifest))
             if res is not None and res.returncode != 0:
                 raise AgentError(EXIT_FAIL, f"pre-pull of {self.values(tag, manifest)['image']} failed: {res.stderr.strip()[-300:]}")
-        old_current, old_previous = self.pointer("current"), self.pointer("previous")
-        if old_current == tag:
-            healthy, detail = self.wait_healthy(manifest, float(self.cfg.get("health_timeout_s", 30)))
-            if healthy:
-                return {"activated": tag, "healthy": True, "detail": "already current", "seconds": time.monotonic() - t0}
-        self.write_journal(
-            {"op": "activate", "tag": tag, "restore_current": old_current, "restore_previous": old_previous}
-        )
+        current, committed, lease = self.pointer("current"), self.pointer("committed"), self.lease()
+        if current == tag and (lease or {}).get("tag") == tag:
+            still_up, _ = self.wait_healthy(manifest, self.health_timeout)
+            if still_up:  # a retried activate of the same canary: same lease, nothing to switch
+                return {"activated": tag, "healthy": True, "detail": "already the provisional canary",
+                        "last_known_good": committed, "lease": lease, "seconds": time.monotonic() - t0}
+        elif current is not None and current != committed:
+            raise AgentError(EXIT_FAIL, f"device runs provisional {current} (lease {lease}); commit or roll it back first")
+        if tag == committed:
+            raise AgentError(EXIT_USAGE, f"{tag} is already the committed release; use rollback --to {tag} to restart it")
+        self.write_json("journal.json", {"op": "activate", "tag": tag, "restore_current": committed,
+                                         "restore_committed": committed, "restore_previous": self.pointer("previous")})
         crash_point("after-journal")
-        # The running release is the last-known-good one unless it is the canary being replaced.
-        new_previous = old_current if old_current and old_current != tag else old_previous
-        self.set_pointer("previous", new_previous)
-        self.set_pointer("current", tag)
-        crash_point("after-switch")
-        try:
-            self.restart(tag)
-            healthy, detail = self.wait_healthy(manifest, float(self.cfg.get("health_timeout_s", 30)))
-        except (AgentError, subprocess.SubprocessError, OSError) as exc:
-            healthy, detail = False, str(exc)
+        # The lease covers the start-up too: a deadline of health timeout + lease from now, moved to
+        # lease from now once the canary is healthy (the gate runs after that).
+        self.write_json("lease.json", {"tag": tag, "restore": committed, "lease_s": lease_s,
+                                       "deadline": time.time() + self.health_timeout + lease_s})
+        self.spawn_watchdog()
+        healthy, detail = self.switch_to(tag)
         if healthy:
-            self.clear_journal()
-            return {"activated": tag, "healthy": True, "previous": new_previous, "seconds": time.monotonic() - t0}
+            deadline = time.time() + lease_s
+            self.write_json("lease.json", {"tag": tag, "restore": committed, "lease_s": lease_s, "deadline": deadline})
+            self.remove("journal.json")
+            self.event("activated", tag, f"provisional, lease {lease_s:.0f}s", last_known_good=committed)
+            return {"activated": tag, "healthy": True, "last_known_good": committed, "previous": committed,
+                    "lease": {"deadline": deadline, "lease_s": lease_s}, "seconds": time.monotonic() - t0}
         restored = self.recover()
         raise AgentError(EXIT_UNHEALTHY, f"release {tag} did not become healthy ({detail}); restored {restored.get('restored')}")
 
-    def rollback(self, to: str) -> dict[str, Any]:
+    def commit(self, tag: str) -> dict[str, Any]:
+        check_tag(tag)
+        committed = self.pointer("committed")
+        if committed == tag and self.pointer("current") == tag:
+            return {"committed": tag, "detail": "already committed"}
+        lease = self.lease() or {}
+        if self.pointer("current") != tag or lease.get("tag") != tag:
+            expired = [e for e in self.events() if e.get("event") == "lease_expired" and e.get("tag") == tag]
+            if expired:
+                raise AgentError(EXIT_LEASE, f"cannot commit {tag}: {expired[-1]['detail']}")
+            raise AgentError(EXIT_FAIL, f"cannot commit {tag}: current release is {self.pointer('current')}, not a provisional {tag}")
+        self.write_json("journal.json", {"op": "commit", "tag": tag, "restore_current": tag, "restore_committed": tag,
+                                         "restore_previous": committed})
+        self.set_pointer("previous", committed)
+        self.set_pointer("committed", tag)
+        self.remove("lease.json")
+        self.remove("journal.json")
+        self.event("committed", tag, "commit from the orchestrator", previous=committed)
+        return {"committed": tag, "previous": committed}
+
+    def extend(self, tag: str, lease_s: float) -> dict[str, Any]:
+        """Move the provisional canary's deadline to ``lease_s`` from now (a held release waits for a human)."""
+        lease = self.lease() or {}
+        if self.pointer("current") != check_tag(tag) or lease.get("tag") != tag:
+            raise AgentError(EXIT_LEASE, f"cannot extend the lease of {tag}: it is not the provisional canary here")
+        deadline = time.time() + lease_s
+        self.write_json("lease.json", {**lease, "deadline": deadline, "lease_s": lease_s})
+        self.event("lease_extended", tag, f"lease now {lease_s:.0f}s")
+        return {"extended": tag, "lease": {"deadline": deadline, "lease_s": lease_s}}
+
+    def rollback(self, to: str, expect_hef: str | None = None) -> dict[str, Any]:
         t0 = time.monotonic()
-        target = self.pointer("previous") if to == "previous" else check_tag(to)
+        target = self.pointer("committed") if to == LKG else check_tag(to)
+        current = self.pointer("current")
         if target is None:
-            raise AgentError(EXIT_FAIL, "no previous (last-known-good) release on this device")
-        manifest = self.verify(target)
-        old_current, old_previous = self.pointer("current"), self.pointer("previous")
-        self.write_journal({"op": "rollback", "tag": target, "restore_current": old_current, "restore_previous": old_previous})
-        self.set_pointer("current", target)
-        crash_point("after-switch")
-        self.restart(target)
-        healthy, detail = self.wait_healthy(manifest, float(self.cfg.get("health_timeout_s", 30)))
-        if not healthy:
+            if current is None:
+                raise AgentError(EXIT_FAIL, "no committed (last-known-good) release on this device and nothing runs")
+            if self.pointer("committed") is not None:
+                raise AgentError(EXIT_FAIL, "cannot roll back to nothing while a committed release exists")
+        manifest = self.verify(target) if target is not None else None
+        if manifest is not None and expect_hef is not None and manifest["hef"]["hef_sha256"] != expect_hef:
+            raise AgentError(EXIT_INTEGRITY, f"rollback target {target} has hef_sha256 {manifest['hef']['hef_sha256']}, "
+                                             f"the store says {expect_hef}")
+        committed, previous = self.pointer("committed"), self.pointer("previous")
+        self.write_json("journal.json", {"op": "rollback", "tag": target, "restore_current": committed,
+                                         "restore_committed": committed, "restore_previous": previous})
+        healthy, detail = self.switch_to(target)
+        if healthy is False:
             self.recover()
             raise AgentError(EXIT_UNHEALTHY, f"rollback target {target} did not become healthy ({detail})")
-        self.clear_journal()
-        return {"rolled_back_to": target, "from": old_current, "healthy": True, "seconds": time.monotonic() - t0}
-
-    def stage(self, tag: str) -> dict[str, Any]:
-        """Check an uploaded bundle against its own sha256sum list and mark it complete.
-
-        This catches a truncated or mixed upload early; the signed manifest is checked again by
-        `activate`, which is what the release's integrity rests on.
-        """
-        rel = self.releases / check_tag(tag)
-        missing = [f for f in (*REQUIRED_FILES, "hef_sha256sum.txt") if not (rel / f).is_file()]
-        if missing:
-            raise AgentError(EXIT_INTEGRITY, f"release {tag}: bundle incomplete, missing {missing}")
-        checked = []
-        for line in (rel / "hef_sha256sum.txt").read_text().splitlines():
-            if not line.strip():
-                continue
-            match = re.fullmatch(r"([0-9a-f]{64}) [ *]([A-Za-z0-9_.-]+)", line.strip())
-            if match is None or match.group(2).startswith("."):
-                raise AgentError(EXIT_INTEGRITY, f"release {tag}: malformed line in hef_sha256sum.txt: {line[:80]!r}")
-            digest, name = match.groups()
-            if not (rel / name).is_file() or sha256_file(rel / name) != digest:
-                raise AgentError(EXIT_INTEGRITY, f"release {tag}: {name} does not match hef_sha256sum.txt")
-            checked.append(name)
-        if not checked:
-            raise AgentError(EXIT_INTEGRITY, f"release {tag}: hef_sha256sum.txt lists no files")
-        write_atomic(rel / ".staged", json.dumps({"checked": checked}).encode())
-        return {"staged": tag, "checked": checked}
-
-    def promote(self, tag: str) -> dict[str, Any]:
-        if self.pointer("current") != check_tag(tag):
-            raise AgentError(EXIT_FAIL, f"cannot promote {tag}: current release is {self.pointer('current')}")
-        write_atomic(self.releases / tag / ".promoted", str(time.time()).encode())
-        return {"promoted": tag}
+        # An explicit rollback target is a signed, committed release chosen from the store.
+        self.set_pointer("committed", target)
+        if previous == target:
+            self.set_pointer("previous", None)
+        self.remove("lease.json")
+        self.remove("journal.json")
+        self.event("rolled_back", target, f"from {current}", **{"from": current})
+        return {"rolled_back_to": target, "from": current, "healthy": healthy, "seconds": time.monotonic() - t0}
 
     def status(self) -> dict[str, Any]:
         current = self.pointer("current")
-        healthy = False
+        healthy, hef = False, None
         if current:
-            healthy, _ = self.wait_healthy(self.manifest(current), 1.0)
-        return {"current": current, "previous": self.pointer("previous"), "healthy": healthy, "journal": self.journal()}
+            manifest = self.manifest(current)
+            hef = manifest["hef"]["hef_sha256"]
+            healthy, _ = self.wait_healthy(manifest, 1.0)
+        return {"current": current, "committed": self.pointer("committed"), "previous": self.pointer("previous"),
+                "current_hef_sha256": hef, "healthy": healthy, "lease": self.lease(), "journal": self.journal(),
+                "events": self.events(20)}
+
+
+def watchdog(root: Path) -> int:
+    """Sleep until the lease's deadline (re-read: a healthy canary moves it), then check it under the lock."""
+    while True:
+        agent = Agent(root)
+        lease = agent.lease()
+        if lease is None or "deadline" not in lease:
+            return 0
+        remaining = float(lease["deadline"]) - time.time()
+        if remaining > 0:
+            time.sleep(min(remaining + 0.2, 5.0))
+            continue
+        held = lock(root, 60.0)
+        if held is None:
+            continue  # a long operation holds the lock; it runs the lease check itself
+        try:
+            agent = Agent(root)
+            agent.recover()
+            agent.check_lease()
+        finally:
+            held.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,46 +393,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("/opt/hailo"))
     parser.add_argument("--lock-timeout", type=float, default=0.0, help="seconds to wait for another operation")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("stage", "verify", "activate", "promote"):
+    for name in ("stage", "verify", "commit"):
         sub.add_parser(name).add_argument("tag")
-    sub.add_parser("rollback").add_argument("--to", default="previous")
-    sub.add_parser("status")
-    sub.add_parser("recover")
+    for name, text in (("activate", "start TAG as a provisional canary under a lease"), ("extend", "extend its lease")):
+        act = sub.add_parser(name, help=text)
+        act.add_argument("tag")
+        act.add_argument("--lease-s", type=float, required=True, help="seconds to commit in (once healthy)")
+    rb = sub.add_parser("rollback")
+    rb.add_argument("--to", default=LKG, help=f"release tag, or {LKG!r} (the committed release)")
+    rb.add_argument("--expect-hef", help="refuse unless the target's signed hef_sha256 is this")
+    for name in ("status", "recover", "check-lease", "watchdog"):
+        sub.add_parser(name)
     args = parser.parse_args(argv)
     root: Path = args.root
     root.mkdir(parents=True, exist_ok=True)
     (root / "releases").mkdir(exist_ok=True)
-    lock_fh = open(root / "agent.lock", "a+")  # noqa: SIM115 - held for the whole process
-    deadline = time.monotonic() + args.lock_timeout
-    while True:
-        try:
-            fcntl.flock(lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                print(json.dumps({"error": "locked", "detail": "another release operation is running on this device"}))
-                return EXIT_LOCKED
-            time.sleep(0.2)
+    if args.cmd == "watchdog":
+        return watchdog(root)
+    held = lock(root, args.lock_timeout)
+    if held is None:
+        print(json.dumps({"error": "locked", "detail": "another release operation is running on this device"}))
+        return EXIT_LOCKED
     agent = Agent(root)
     try:
         recovered = agent.recover()
+        lease = agent.check_lease()
         if args.cmd == "verify":
             agent.verify(args.tag)
             out: dict[str, Any] = {"verified": args.tag}
         elif args.cmd == "stage":
             out = agent.stage(args.tag)
-        elif args.cmd == "activate":
-            out = agent.activate(check_tag(args.tag))
-        elif args.cmd == "promote":
-            out = agent.promote(args.tag)
+        elif args.cmd in ("activate", "extend"):
+            if not 1 <= args.lease_s <= 7 * 86400:
+                raise AgentError(EXIT_USAGE, f"--lease-s {args.lease_s} is outside 1..{7 * 86400}")
+            run = agent.activate if args.cmd == "activate" else agent.extend
+            out = run(check_tag(args.tag), args.lease_s)
+        elif args.cmd == "commit":
+            out = agent.commit(args.tag)
         elif args.cmd == "rollback":
-            out = agent.rollback(args.to)
+            out = agent.rollback(args.to, args.expect_hef)
         elif args.cmd == "recover":
             out = recovered
+        elif args.cmd == "check-lease":
+            out = lease
         else:
             out = agent.status()
         if recovered.get("recovered") and args.cmd != "recover":
             out["recovered_first"] = recovered
+        if lease.get("expired") and args.cmd != "check-lease":
+            out["lease_expired_first"] = lease
         print(json.dumps(out))
         return 0
     except AgentError as exc:

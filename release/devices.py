@@ -28,6 +28,9 @@ class DeviceSpec(BaseModel):
     known_hosts: Path | None = None
     ssh_conn_id: str | None = Field(None, description="Airflow connection to use instead of host/user/key")
     restart_command: list[str] | None = None
+    stop_command: list[str] | None = Field(
+        None, description="stops the sidecar: the restore of a device whose first canary is rolled back"
+    )
     prepull_command: list[str] | None = None
     identify_command: list[str] | None = None
     driver_version_command: list[str] | None = None

@@ -51,6 +51,14 @@ class GateSettings(BaseModel):
         2.5, ge=0, le=50, description="a regression must also exceed this absolute median shift (noise floor at ~ms latencies)"
     )
     server_client_tolerance_ms: float = Field(5.0, ge=0, description="client vs /metrics p95 disagreement allowed")
+    lease_margin_s: float = Field(
+        60.0, ge=5, le=3600,
+        description="canary lease beyond the load duration: parity, scrapes, analysis and the commit must fit in it",
+    )
+    hold_lease_s: float = Field(
+        86400.0, ge=60, le=7 * 86400,
+        description="how long a held canary waits for a human before the device restores last-known-good itself",
+    )
     parity_min_cosine: float = Field(0.99, gt=0, le=1)
     parity_top_k: int = Field(3, ge=1)
     parity_min_topk_agreement: float = Field(0.9, ge=0, le=1)
@@ -63,6 +71,10 @@ class GateSettings(BaseModel):
                 "the gate could never pass"
             )
         return self
+
+    def lease_s(self) -> float:
+        """How long a healthy canary may stay uncommitted: the gate's load plus the margin."""
+        return self.load.duration_s + self.lease_margin_s
 
     def thresholds(self) -> dict[str, float]:
         return {
@@ -81,6 +93,8 @@ _OVERRIDE_TARGETS = {
     "max_error_rate": ("max_error_rate",),
     "duration_s": ("load", "duration_s"),
     "rate_windows_per_s": ("load", "rate_windows_per_s"),
+    "lease_margin_s": ("lease_margin_s",),
+    "hold_lease_s": ("hold_lease_s",),
 }
 
 

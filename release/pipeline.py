@@ -1,74 +1,47 @@
-"""The canary release as a sequence of steps over the artifact store.
-
-Each step reads its inputs from the store (``steps/<name>.json`` and the artifacts beside them),
-does one job through the library module that owns it, writes its result back, and returns a
-small JSON summary (what Airflow keeps as XCom). The Airflow DAG and the CLI both drive these.
-"""
+"""The whole canary release without Airflow (`hailo-release run`): the same steps as the DAG, in the
+same order, with the same fail-safe: whatever fails after the canary may be on the device is undone
+there before the error is reported, and the outcome maps to the CLI's exit codes."""
 
 from __future__ import annotations
 
-import datetime as dt
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from release.errors import InvalidInput, ReleaseError
+from release import build_steps, canary
+from release.errors import ReleaseError, StepFailed
+from release.history import History
 from release.pipeline_env import PipelineEnv
 from release.request import ReleaseRequest
+from release.states import ReleaseState, current_state
+from release.step_results import FinalResult, StepResult
 from release.store import ArtifactStore
 
-StepFn = Callable[..., dict[str, Any]]
+BUILD_STEPS: tuple[tuple[str, Callable[..., StepResult]], ...] = (
+    ("validate", build_steps.validate),
+    ("compile", build_steps.compile_hef),
+    ("image", build_steps.build_image),
+    ("sign", build_steps.sign),
+    ("manifest", build_steps.write_manifest),
+)
+CANARY_STEPS: tuple[tuple[str, Callable[..., StepResult]], ...] = (("deploy", canary.deploy), ("gate", canary.gate))
+OUTCOMES: dict[str, Callable[..., FinalResult]] = {
+    "promote": canary.promote, "rollback": canary.rollback, "hold": canary.hold,
+}
 
 
-def git_commit(repo: Path | None = None) -> str:
-    """The checkout's commit, or 'unknown' outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out if len(out) == 40 else "unknown"
+class ReleaseFailed(StepFailed):
+    """A step failed; the device (if touched) is back on last-known-good and the failure is recorded."""
 
 
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+@dataclass(frozen=True)
+class RunOutcome:
+    state: ReleaseState
+    results: dict[str, StepResult]
 
-
-def _steps() -> dict[str, StepFn]:
-    # Imported lazily: each step module pulls in its own heavy dependencies (onnx, docker, ...).
-    import release.pipeline_steps as s
-
-    return {
-        "validate": s.validate,
-        "compile": s.compile_hef,
-        "image": s.build_image,
-        "sign": s.sign,
-        "manifest": s.write_manifest,
-        "deploy": s.deploy,
-        "gate": s.gate,
-        "promote": s.promote,
-        "rollback": s.rollback,
-        "hold": s.hold,
-        "report": s.report,
-    }
-
-
-STEP_ORDER = ("validate", "compile", "image", "sign", "manifest", "deploy", "gate")
-
-
-def run_step(name: str, req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, **kwargs: Any) -> dict[str, Any]:
-    steps = _steps()
-    if name not in steps:
-        raise InvalidInput(f"unknown pipeline step {name!r}; known: {', '.join(steps)}")
-    return steps[name](req, env, store, **kwargs)
-
-
-def record_failure(env: PipelineEnv, params: dict[str, Any], *, task_id: str, run_id: str, reason: str) -> None:
-    import release.pipeline_steps as pipeline_steps
-
-    pipeline_steps.record_failure(env, params, task_id=task_id, run_id=run_id, reason=reason)
+    @property
+    def exit_code(self) -> int:
+        return canary.EXIT_CODES.get(self.state, 1)
 
 
 def run_all(
@@ -76,40 +49,44 @@ def run_all(
     env: PipelineEnv,
     store: ArtifactStore,
     say: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """The whole release without Airflow (CLI `hailo-release run`): same steps, same order."""
-    summaries: dict[str, Any] = {}
-    for name in STEP_ORDER:
+    ssh_client_factory: Callable[[], Any] | None = None,
+) -> RunOutcome:
+    results: dict[str, StepResult] = {}
+    device_kwargs: dict[str, Any] = {"ssh_client_factory": ssh_client_factory}
+    steps = [*BUILD_STEPS, *CANARY_STEPS]
+    name = "validate"
+    try:
+        for name, step in steps:
+            say(f"→ {name}")
+            results[name] = step(req, env, store, **(device_kwargs if name in ("deploy", "gate") else {}))
+        name = canary.outcome_for(current_state(History(store), req.release_tag))
         say(f"→ {name}")
-        try:
-            summaries[name] = run_step(name, req, env, store)
-        except ReleaseError as exc:
-            record_failure(env, req.model_dump(mode="json"), task_id=name, run_id=req.triggered_by, reason=str(exc))
+        results[name] = OUTCOMES[name](req, env, store, **device_kwargs)
+    except BaseException as exc:
+        say(f"✗ {name} failed ({type(exc).__name__}: {exc}); making the device safe")
+        final = canary.fail_safe(req, env, store, step=name, error=exc, ssh_client_factory=ssh_client_factory)
+        if final is not None:
+            results["fail_safe"] = final
+            say(f"→ recorded as {final.state}: {final.manifest_uri}")
+        if isinstance(exc, ReleaseError | KeyboardInterrupt | SystemExit):
             raise
-    verdict = summaries["gate"].get("verdict")
-    outcome = {"pass": "promote", "fail": "rollback"}.get(str(verdict), "hold")
-    say(f"→ {outcome} (gate verdict: {verdict})")
-    summaries[outcome] = run_step(outcome, req, env, store)
-    summaries["report"] = run_step("report", req, env, store)
-    return summaries
+        raise ReleaseFailed(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+    state = current_state(History(store), req.release_tag) or ReleaseState.FAILED
+    return RunOutcome(state, results)
 
 
-def rollback_device(env: PipelineEnv, store: ArtifactStore, **kwargs: Any) -> dict[str, Any]:
-    """On-call rollback of a device to a tag or 'previous' (see pipeline_steps.rollback_device)."""
-    import release.pipeline_steps as pipeline_steps
+def report(req: ReleaseRequest, store: ArtifactStore) -> dict[str, Any]:
+    """What a person wants to read after a run: verdict, figures, where things are, how each step ran."""
+    from release.manifest import ReleaseManifest
+    from release.store import MANIFEST_NAME
 
-    return pipeline_steps.rollback_device(env, store, **kwargs)
-
-
-def decide_held(env: PipelineEnv, store: ArtifactStore, **kwargs: Any) -> dict[str, Any]:
-    """A human approves or rejects a held release (see pipeline_steps.decide_held)."""
-    import release.pipeline_steps as pipeline_steps
-
-    return pipeline_steps.decide_held(env, store, **kwargs)
-
-
-def attest_release(env: PipelineEnv, store: ArtifactStore, **kwargs: Any) -> dict[str, Any]:
-    """Countersign a published release (see pipeline_steps.attest_release)."""
-    import release.pipeline_steps as pipeline_steps
-
-    return pipeline_steps.attest_release(env, store, **kwargs)
+    manifest = ReleaseManifest.from_json(store.get_bytes(req.release_tag, MANIFEST_NAME))
+    return {
+        "release_tag": manifest.release_tag, "release_counter": manifest.release_counter, "state": manifest.state.value,
+        "verdict": manifest.gate.verdict, "reasons": list(manifest.gate.reasons),
+        "p95_ms": manifest.gate.measured.get("p95_ms"), "windows_per_s": manifest.gate.measured.get("windows_per_s"),
+        "lease_s": manifest.lease_s, "hef_sha256": manifest.hef.hef_sha256, "config_version": manifest.config_version,
+        "image_digest": manifest.image.digest, "manifest_uri": store.uri(req.release_tag, MANIFEST_NAME),
+        "gate_report_uri": manifest.gate.report_uri, "gate_histogram_uri": manifest.gate.histogram_uri,
+        "steps": {s.name: f"{s.status}: {s.reason}" for s in manifest.steps},
+    }

@@ -24,6 +24,15 @@ from release.identifiers import ReleaseTag
 
 MANIFEST_NAME = "manifest.json"
 _NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Records: small create-only objects outside any release (the release history and its keys).
+_RECORD_KEY = re.compile(r"^[a-z][a-z-]{0,31}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_record_key(key: str) -> str:
+    """Record keys: 'stream/name' — a lowercase stream and one name part, never '..'."""
+    if not isinstance(key, str) or not _RECORD_KEY.fullmatch(key) or ".." in key:
+        raise InvalidIdentifier(f"record key {key!r} is invalid; expected 'stream/name'")
+    return key
 
 
 def check_artifact_name(name: str) -> str:
@@ -56,6 +65,13 @@ class ArtifactStore(Protocol):
     def publish(self, tag: str, manifest_bytes: bytes) -> ArtifactRef: ...
     def is_published(self, tag: str) -> bool: ...
     def list_published(self) -> list[str]: ...
+    def create_record(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist yet (atomic); False if it already did."""
+        ...
+    def read_record(self, key: str) -> bytes: ...
+    def list_records(self, stream: str) -> list[str]:
+        """The names (not keys) under ``stream``, sorted."""
+        ...
 
 
 class LocalArtifactStore:
@@ -164,6 +180,41 @@ class LocalArtifactStore:
         if not base.is_dir():
             return []
         return sorted(p.parent.name for p in base.glob(f"*/{MANIFEST_NAME}"))
+
+
+    # -- records --------------------------------------------------------------------------
+    def _record_path(self, key: str) -> Path:
+        return self.root / "records" / check_record_key(key)
+
+    def create_record(self, key: str, data: bytes) -> bool:
+        dest = self._record_path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp_name, dest)  # create-only, like publish(): of two writers exactly one wins
+            except FileExistsError:
+                return False
+            _fsync_dir(dest.parent)
+            return True
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
+    def read_record(self, key: str) -> bytes:
+        try:
+            return self._record_path(key).read_bytes()
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"no record {key!r} in {self.root / 'records'}") from None
+
+    def list_records(self, stream: str) -> list[str]:
+        base = self.root / "records" / check_record_key(f"{stream}/x").split("/")[0]
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
 
 
 def _fsync_dir(path: Path) -> None:

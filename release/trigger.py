@@ -26,6 +26,11 @@ class Outcome(IntEnum):
     TIMEOUT = 124
 
 
+CANARY_DAG = "hailo_canary_release"
+# What a successful run of each DAG did: only the canary DAG promotes, rolls back or holds.
+RUN_TITLES = {CANARY_DAG: "Canary release", "hailo_rollback": "On-call rollback", "hailo_release_decision": "Held-release decision"}
+
+
 class AuthFailed(StepFailed):
     exit_code = 7
 
@@ -174,12 +179,15 @@ class AirflowClient:
             time.sleep(poll_s)
 
 
-def outcome_of(state: str, tasks: dict[str, str | None]) -> Outcome:
-    """success + `rollback` ran → ROLLED_BACK; success + `hold` ran → HELD; success → PROMOTED."""
+def outcome_of(state: str, tasks: dict[str, str | None], dag_id: str = CANARY_DAG) -> Outcome:
+    """Canary runs: success + `rollback` ran → ROLLED_BACK; success + `hold` ran → HELD; success →
+    PROMOTED. Other DAGs: success → 0 (reported as "done" by describe())."""
     if state == "timeout":
         return Outcome.TIMEOUT
     if state != "success":
         return Outcome.FAILED
+    if dag_id != CANARY_DAG:
+        return Outcome.PROMOTED
     if tasks.get("rollback") == "success":
         return Outcome.ROLLED_BACK
     if tasks.get("hold") == "success":
@@ -187,8 +195,18 @@ def outcome_of(state: str, tasks: dict[str, str | None]) -> Outcome:
     return Outcome.PROMOTED
 
 
-def summary_markdown(run_id: str, outcome: Outcome, report: dict[str, Any] | None) -> str:
-    lines = [f"## Canary release `{run_id}`: **{outcome.name.lower().replace('_', ' ')}**", ""]
+
+
+def describe(dag_id: str, outcome: Outcome) -> str:
+    """Words for a run's outcome: a rollback or decision run that succeeded is "done", never "promoted"."""
+    if dag_id != CANARY_DAG and outcome is Outcome.PROMOTED:
+        return "done"
+    return outcome.name.lower().replace("_", " ")
+
+
+def summary_markdown(run_id: str, outcome: Outcome, report: dict[str, Any] | None, dag_id: str = CANARY_DAG) -> str:
+    title = RUN_TITLES.get(dag_id, f"DAG {dag_id}")
+    lines = [f"## {title} `{run_id}`: **{describe(dag_id, outcome)}**", ""]
     if report:
         p95 = report.get("p95_ms")
         lines += [
@@ -203,4 +221,5 @@ def summary_markdown(run_id: str, outcome: Outcome, report: dict[str, Any] | Non
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["AirflowClient", "AuthFailed", "DagPaused", "Outcome", "ReleaseError", "outcome_of", "summary_markdown"]
+__all__ = ["AirflowClient", "AuthFailed", "DagPaused", "Outcome", "ReleaseError", "describe", "outcome_of",
+           "summary_markdown"]

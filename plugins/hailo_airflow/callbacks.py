@@ -1,4 +1,4 @@
-"""DAG callbacks: a failed task leaves its reason in the device's release ledger."""
+"""DAG callbacks: a task that failed for good makes the device safe and leaves one history record."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def record_failure_in_ledger(context: Mapping[str, Any]) -> None:
-    from release.pipeline import record_failure
+def record_failure_in_history(context: Mapping[str, Any]) -> None:
+    from hailo_airflow.context import artifact_store
+    from hailo_airflow.steps import ssh_client_factory_for
+    from release.operations import record_failure
     from release.pipeline_env import PipelineEnv
 
     ti = context.get("ti") or context.get("task_instance")
@@ -18,9 +20,10 @@ def record_failure_in_ledger(context: Mapping[str, Any]) -> None:
     exc = context.get("exception")
     reason = f"{type(exc).__name__}: {exc}" if exc else "task failed"
     params = dict(context.get("params") or {})
-    dag_run = context.get("dag_run")
-    run_id = getattr(dag_run, "run_id", None) or "unknown"
+    run_id = getattr(context.get("dag_run"), "run_id", None) or "unknown"
     try:
-        record_failure(PipelineEnv.from_env(), params, task_id=task_id, run_id=run_id, reason=reason)
+        env = PipelineEnv.from_env()
+        record_failure(env, artifact_store(env), params, task_id=task_id, run_id=run_id, reason=reason,
+                       ssh_client_factory=ssh_client_factory_for(env, str(params.get("device") or "local")))
     except Exception:  # a callback must never mask the task's own failure
-        log.exception("could not record the failure of %s in the ledger", task_id)
+        log.exception("could not record the failure of %s", task_id)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from release.checksums import sha256_bytes, sha256_file
 from release.errors import ArtifactExists, ArtifactNotFound, IntegrityError, InvalidIdentifier, StepFailed
 from release.identifiers import ReleaseTag
-from release.store import MANIFEST_NAME, ArtifactRef, check_artifact_name
+from release.store import MANIFEST_NAME, ArtifactRef, check_artifact_name, check_record_key
 
 if TYPE_CHECKING:
     from airflow.providers.google.cloud.hooks.gcs import GCSHook
@@ -144,3 +144,31 @@ class GcsArtifactStore:
         # Only <prefix>/<tag>/manifest.json marks a release; an artifact named dir/manifest.json does not.
         depth = self.prefix.count("/") + 3
         return sorted({n.split("/")[-2] for n in names if n.count("/") + 1 == depth and n.endswith(f"/{MANIFEST_NAME}")})
+
+    # -- records (the release history): create-only objects, ifGenerationMatch=0 --------------
+    def _record_object(self, key: str) -> str:
+        return f"records/{check_record_key(key)}"
+
+    def create_record(self, key: str, data: bytes) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self._bucket.blob(self._record_object(key))
+        try:
+            blob.upload_from_string(data, content_type="application/json", if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        except Exception as exc:  # google-cloud-storage raises many transport types
+            raise StepFailed(f"writing record {key}: {type(exc).__name__}: {exc}") from None
+        return True
+
+    def read_record(self, key: str) -> bytes:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return bytes(self.hook.download(bucket_name=self.bucket_name, object_name=self._record_object(key)))
+        except NotFound:
+            raise ArtifactNotFound(f"no record gs://{self.bucket_name}/{self._record_object(key)}") from None
+
+    def list_records(self, stream: str) -> list[str]:
+        prefix = self._record_object(f"{stream}/x")[:-1]
+        return sorted(n.removeprefix(prefix) for n in self.hook.list(bucket_name=self.bucket_name, prefix=prefix))

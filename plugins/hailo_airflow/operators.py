@@ -55,7 +55,9 @@ class HailoCompileOperator(BaseOperator):
                 context=context,
                 task_id=self.task_id,
             )
-        return run_step("compile", self.request, command_runner=runner)
+        from release.build_steps import compile_hef
+
+        return run_step(compile_hef, self.request, command_runner=runner)
 
 
 class CanaryDeployOperator(BaseOperator):
@@ -79,14 +81,23 @@ class CanaryDeployOperator(BaseOperator):
 
         return SSHHook(ssh_conn_id=self.ssh_conn_id)
 
+    def _candidate_uri(self) -> str:
+        from hailo_airflow.context import artifact_store, request_from
+        from release.pipeline_env import PipelineEnv
+        from release.verify import CANDIDATE
+
+        return artifact_store(PipelineEnv.from_env()).uri(request_from(dict(self.request)).release_tag, CANDIDATE)
+
     def execute(self, context: Context) -> dict[str, Any]:
         from hailo_airflow.steps import run_step
 
         kwargs: dict[str, Any] = {}
         if self.ssh_conn_id:  # an explicit connection overrides the inventory's
             kwargs["ssh_client_factory"] = lambda: self.ssh_hook.get_conn()
-        result = run_step("deploy", self.request, **kwargs)
-        context["ti"].xcom_push(key=ManifestLink.key, value=result.get("manifest_uri"))
+        from release.canary import deploy
+
+        result = run_step(deploy, self.request, device_step=True, **kwargs)
+        context["ti"].xcom_push(key=ManifestLink.key, value=self._candidate_uri())
         return result
 
 
@@ -102,7 +113,8 @@ class LatencyGateOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from hailo_airflow.steps import run_step
+        from release.canary import gate
 
-        result = run_step("gate", self.request)
-        context["ti"].xcom_push(key=GateReportLink.key, value=result.get("report_uri"))
+        result = run_step(gate, self.request, device_step=True)
+        context["ti"].xcom_push(key=GateReportLink.key, value=result["gate"].get("report_uri"))
         return result

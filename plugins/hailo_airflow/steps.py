@@ -1,6 +1,9 @@
-"""Task bodies of the DAGs: build the library objects, run one pipeline step, return a summary.
+"""Task bodies of the DAGs: build the library objects, call one library function by name, return its
+typed result as JSON for XCom.
 
-Each function is what a @task in dags/ calls; it holds no logic of its own beyond wiring.
+Each function is what a @task in dags/ calls; it holds no logic of its own beyond wiring. A task that
+may find the canary on the device (deploy, gate, promote, rollback, hold) makes the device safe
+before it fails: any exception there goes through ``release.canary.fail_safe`` first.
 """
 
 from __future__ import annotations
@@ -22,27 +25,34 @@ def prepare_request(context: Mapping[str, Any]) -> dict[str, Any]:
         return request_from(params).model_dump(mode="json")
 
 
-def run_step(name: str, request: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
-    from release.pipeline import run_step as run_pipeline_step
+def run_step(step: Callable[..., Any], request: Mapping[str, Any], *, device_step: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Run one library step; ``device_step`` ones get the device's SSH wiring and the fail-safe."""
+    from release import build_steps
+    from release.canary import fail_safe
     from release.pipeline_env import PipelineEnv
 
     with release_errors_as_airflow_failures():
         req = request_from(dict(request))
         env = PipelineEnv.from_env()
-        if name == "validate" and req.onnx_location.startswith("gs://"):
+        store = artifact_store(env)
+        if step is build_steps.validate and req.onnx_location.startswith("gs://"):
             kwargs["onnx_path"] = download_gcs_model(req.onnx_location, env.work_dir(req.release_tag, "download"))
-        if name in DEVICE_STEPS and "ssh_client_factory" not in kwargs:
+        if device_step and "ssh_client_factory" not in kwargs:
             kwargs["ssh_client_factory"] = ssh_client_factory_for(env, req.device)
-        return run_pipeline_step(name, req, env, artifact_store(env), **kwargs)
-
-
-DEVICE_STEPS = frozenset({"deploy", "promote", "rollback"})
+        try:
+            result = step(req, env, store, **kwargs)
+        except BaseException as exc:
+            if device_step:
+                fail_safe(req, env, store, step=step.__name__, error=exc,
+                          ssh_client_factory=kwargs.get("ssh_client_factory"))
+            raise
+        return dict(result.model_dump(mode="json"))
 
 
 def ssh_client_factory_for(env: Any, device: str) -> Any:
     """Devices with an Airflow connection (ssh_conn_id) are reached through the SSH provider's hook,
     created lazily; the hook refuses unknown host keys (pin them with the connection's host_key)."""
-    from release.pipeline_steps import inventory
+    from release.targets import inventory
 
     spec = inventory(env).get(device)
     if spec.transport != "ssh" or not spec.ssh_conn_id:
@@ -68,10 +78,44 @@ def download_gcs_model(uri: str, dest_dir: Any) -> Any:
     return dest
 
 
-def branch_for_verdict(gate: Mapping[str, Any]) -> str:
-    """pass → promote, fail → rollback, inconclusive → hold (a human decides; never a silent pass)."""
-    verdict = gate.get("verdict")
-    return {"pass": "promote", "fail": "rollback"}.get(str(verdict), "hold")
+def branch_for_state(request: Mapping[str, Any]) -> str:
+    """After the gate, the history decides: gate_passed → promote, held → hold, anything else → rollback
+    (a failed gate, or a canary that never became healthy and is already rolled back)."""
+    from release.canary import outcome_for
+    from release.history import History
+    from release.pipeline_env import PipelineEnv
+    from release.states import current_state
+
+    with release_errors_as_airflow_failures():
+        req = request_from(dict(request))
+        store = artifact_store(PipelineEnv.from_env())
+        return outcome_for(current_state(History(store), req.release_tag))
+
+
+def ensure_safe(request: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """Last task of a canary run, whatever happened upstream (trigger rule all_done): a release that is
+    neither settled nor held — a task killed, a worker lost — is rolled back on the device and
+    recorded as failed, and the run fails. Argo Rollouts' abort, for Airflow."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from release.canary import fail_safe, is_settled
+    from release.errors import StepFailed
+    from release.history import History
+    from release.pipeline_env import PipelineEnv
+    from release.states import ReleaseState, current_state
+
+    with release_errors_as_airflow_failures():
+        req = request_from(dict(request))
+        env = PipelineEnv.from_env()
+        store = artifact_store(env)
+        state = current_state(History(store), req.release_tag)
+        if is_settled(state) and state is not ReleaseState.FAILED:
+            return {"state": state.value if state else None, "intervened": False}
+        run_id = getattr(context.get("dag_run"), "run_id", None) or "unknown"
+        final = fail_safe(req, env, store, step="ensure_safe", error=StepFailed(f"an upstream task of {run_id} failed"),
+                          ssh_client_factory=ssh_client_factory_for(env, req.device),
+                          idempotency_key=f"{run_id}:ensure_safe")
+    raise AirflowFailException(f"release {req.release_tag} ended {final.state if final else state}: an upstream task failed")
 
 
 def _params_and_run_id(context: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -92,7 +136,7 @@ def _on_device(params: Mapping[str, Any], call: Callable[..., dict[str, Any]], *
 
 def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
     """Body of hailo_rollback: the same function the on-call CLI calls."""
-    from release.pipeline import rollback_device
+    from release.operations import rollback_device
 
     params, run_id = _params_and_run_id(context)
     return _on_device(params, rollback_device, to=str(params.get("to", "previous")),
@@ -101,7 +145,7 @@ def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_held_decision(context: Mapping[str, Any]) -> dict[str, Any]:
     """Body of hailo_release_decision: the same function as `hailo-release decide`."""
-    from release.pipeline import decide_held
+    from release.operations import decide_held
 
     params, run_id = _params_and_run_id(context)
     return _on_device(params, decide_held, tag=str(params["release_tag"]), decision=params["decision"],

@@ -68,7 +68,7 @@ def test_second_operation_is_refused_with_the_lock_exit_code(tmp_path: Path) -> 
 
 
 def test_bad_tag_is_a_usage_error_and_touches_nothing(tmp_path: Path) -> None:
-    code, body = _run(tmp_path, "activate", "v1;reboot")
+    code, body = _run(tmp_path, "activate", "v1;reboot", "--lease-s", "60")
     assert code == device_agent.EXIT_USAGE
     assert "invalid release tag" in str(body["detail"])
     assert not (tmp_path / "current").exists() and not (tmp_path / "journal.json").exists()
