@@ -10,14 +10,20 @@ Checks (each a value with its own outcome and reason):
   significant regression beyond the tolerance fails;
 - parity: canary outputs on the golden windows vs the ONNX reference (cosine on latent, top-k
   agreement on motif_scores).
+
+``run_gate`` never raises on what a canary sends back (release.gate_probe reads it): wrong or
+non-finite outputs and HTTP errors on /infer/batch fail parity, bad /infer answers count as load
+errors, an unreachable canary fails, a missing or garbage /metrics leaves server_agreement
+inconclusive.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
-import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -25,6 +31,16 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from release.gate_probe import (
+    InferBodyCheck,
+    ProbeError,
+    clip,
+    describe,
+    error_body_summary,
+    http_exchange,
+    load_json,
+    outputs_problem,
+)
 from release.gate_settings import GateSettings, Verdict
 from release.loadgen import Sample, run_open_loop
 from release.manifest import GateRecord
@@ -33,6 +49,9 @@ log = logging.getLogger(__name__)
 
 Outcome = Literal["pass", "fail", "inconclusive", "skipped"]
 REQUEST_METRIC = "sidecar_request_latency_seconds"
+OUTPUT_KEYS = ("latent", "motif_scores")
+PROBE_TIMEOUT_S = 10.0  # whole /infer/batch exchange; /metrics gets at most METRICS_TIMEOUT_S
+METRICS_TIMEOUT_S = 5.0
 
 
 class Check(BaseModel):
@@ -82,29 +101,37 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 # -- server-side histogram --------------------------------------------------------------------
 def scrape_histogram(base_url: str, endpoint: str = "/infer", timeout: float = 5.0) -> dict[float, float]:
-    """Cumulative bucket counts {le_seconds: count} of the sidecar's request latency histogram."""
+    """Cumulative bucket counts {le_seconds: count} of the sidecar's request latency histogram ({}
+    before the first request); ``ProbeError`` saying why when /metrics is missing, unreachable or
+    not Prometheus text."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{base_url.rstrip('/')}/metrics", timeout=timeout) as resp:
-        text = resp.read().decode()
+    status, data = http_exchange(base_url, "GET", "/metrics", timeout_s=timeout, max_bytes=8 << 20)
+    if status != 200:
+        raise ProbeError(f"GET /metrics: HTTP {status} ({error_body_summary(data)})")
     buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != REQUEST_METRIC:
-            continue
-        for s in family.samples:
-            if s.name == f"{REQUEST_METRIC}_bucket" and s.labels.get("endpoint") == endpoint:
-                buckets[float(s.labels["le"])] = float(s.value)
+    try:
+        for family in text_string_to_metric_families(data.decode()):
+            if family.name != REQUEST_METRIC:
+                continue
+            for s in family.samples:
+                if s.name == f"{REQUEST_METRIC}_bucket" and s.labels.get("endpoint") == endpoint:
+                    buckets[float(s.labels["le"])] = float(s.value)
+    except Exception as exc:  # the parser raises whatever garbage makes it raise
+        raise ProbeError(f"GET /metrics: not Prometheus text ({describe(exc)})") from None
+    if not all(math.isfinite(v) and v >= 0 for v in buckets.values()):
+        raise ProbeError(f"GET /metrics: {REQUEST_METRIC} has negative or non-finite bucket counts")
     return buckets
 
 
-def _scrape_or_none(base_url: str) -> dict[float, float] | None:
+def _scrape(base_url: str, timeout: float) -> tuple[dict[float, float] | None, str]:
     # A canary without a readable /metrics is not a failed canary, but its client timings cannot be
     # cross-checked: analyse() turns the missing histogram into "inconclusive" (a human decides).
     try:
-        return scrape_histogram(base_url)
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s/metrics: %s", base_url, exc)
-        return None
+        return scrape_histogram(base_url, timeout=min(timeout, METRICS_TIMEOUT_S)), ""
+    except ProbeError as exc:
+        log.warning("cannot use %s/metrics: %s", base_url, exc)
+        return None, str(exc)
 
 
 def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
@@ -112,7 +139,9 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float], q:
     bounds = sorted(after)
     counts = [after[b] - before.get(b, 0.0) for b in bounds]
     total = counts[-1] if counts else 0.0
-    if total <= 0:
+    # No observations, a counter reset (restart between scrapes) or buckets that are not
+    # cumulative: nothing trustworthy to read a quantile from.
+    if not total > 0 or any(c < 0 for c in counts) or any(b < a for a, b in itertools.pairwise(counts)):
         return None
     rank = q * total
     prev_bound, prev_count = 0.0, 0.0
@@ -158,11 +187,21 @@ def baseline_check(latencies: Sequence[float], baseline: Sequence[float] | None,
     )
 
 
-def parity_checks(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], s: GateSettings) -> list[Check]:
-    lat, ref = np.asarray(outputs["latent"], dtype=np.float64), np.asarray(reference["latent"], dtype=np.float64)
+def parity_failure(reason: str) -> Check:
+    return Check(name="parity_outputs", outcome="fail", measured=None,
+                 limit="finite latent and motif_scores of the reference's shapes", reason=f"parity: {clip(reason)}")
+
+
+def parity_checks(outputs: object, reference: dict[str, np.ndarray], s: GateSettings) -> list[Check]:
+    """Canary outputs (as returned: any JSON value) against the reference; an answer of the wrong
+    kind, shape or row count, or with NaN/Inf/null, fails parity with the reason."""
+    arrays, problem = outputs_problem(outputs, {k: tuple(np.shape(reference[k])) for k in OUTPUT_KEYS})
+    if problem:
+        return [parity_failure(problem)]
+    lat, ref = arrays["latent"], np.asarray(reference["latent"], dtype=np.float64)
     cos = np.sum(lat * ref, axis=1) / (np.linalg.norm(lat, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
     k = s.parity_top_k
-    mot, mref = np.asarray(outputs["motif_scores"]), np.asarray(reference["motif_scores"])
+    mot, mref = arrays["motif_scores"], np.asarray(reference["motif_scores"])
     agree = [len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k for a, b in zip(mot, mref, strict=True)]
     return [
         _limit_check("parity_min_cosine", float(cos.min()), float(cos.min()) >= s.parity_min_cosine, f">= {s.parity_min_cosine}"),
@@ -171,12 +210,18 @@ def parity_checks(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarra
     ]
 
 
+def _error_rate_check(error_rate: float, samples: Sequence[Sample], s: GateSettings) -> Check:
+    check = _limit_check("error_rate", error_rate, error_rate <= s.max_error_rate, f"<= {s.max_error_rate}")
+    summary = error_summary(samples)
+    return check.model_copy(update={"reason": f"{check.reason} ({summary})"}) if summary else check
+
+
 def interval_check(samples: Sequence[Sample], s: GateSettings) -> Check:
     failed = 0
     intervals = 0
     edges = np.arange(s.load.warmup_s, s.load.duration_s + 1e-9, s.interval_s)
     for lo in edges:
-        lat = [x.latency_ms for x in samples if lo <= x.intended_s < lo + s.interval_s and x.status == 200]
+        lat = [x.latency_ms for x in samples if lo <= x.intended_s < lo + s.interval_s and x.ok]
         if len(lat) < 5:
             continue
         intervals += 1
@@ -187,6 +232,14 @@ def interval_check(samples: Sequence[Sample], s: GateSettings) -> Check:
                  limit=f"<= {s.failure_limit} of {intervals}", reason=f"{failed} of {intervals} intervals over p95 {s.p95_ms} ms")
 
 
+def error_summary(samples: Sequence[Sample]) -> str:
+    failed = [x.error or f"HTTP {x.status}" for x in samples if not x.ok]
+    if not failed:
+        return ""
+    reason, n = Counter(failed).most_common(1)[0]
+    return f"{len(failed)} of {len(samples)} requests failed, {n} with: {clip(reason, 160)}"
+
+
 def analyse(
     samples: Sequence[Sample],
     s: GateSettings,
@@ -194,9 +247,11 @@ def analyse(
     server_p95_ms: float | None,
     baseline_latencies: Sequence[float] | None = None,
     parity: list[Check] | None = None,
+    extra_checks: Sequence[Check] = (),
+    metrics_problem: str = "",
 ) -> GateReport:
     scored = [x for x in samples if x.intended_s >= s.load.warmup_s]
-    ok = [x for x in scored if x.status == 200]
+    ok = [x for x in scored if x.ok]
     latencies = [x.latency_ms for x in ok]
     errors = len(scored) - len(ok)
     error_rate = errors / len(scored) if scored else 1.0
@@ -212,17 +267,19 @@ def analyse(
     checks = [
         _limit_check("p95_ms", p95, p95 is not None and p95 < s.p95_ms, f"< {s.p95_ms}"),
         _limit_check("windows_per_s", windows_per_s, windows_per_s >= s.min_windows_per_s, f">= {s.min_windows_per_s}"),
-        _limit_check("error_rate", error_rate, error_rate <= s.max_error_rate, f"<= {s.max_error_rate}"),
+        _error_rate_check(error_rate, samples, s),
         interval_check(samples, s),
         baseline_check(latencies, baseline_latencies, s),
         *(parity or []),
+        *extra_checks,
     ]
     if len(latencies) < s.min_samples:
         checks.append(Check(name="samples", outcome="inconclusive", measured=float(len(latencies)),
                             limit=f">= {s.min_samples}", reason=f"only {len(latencies)} scored samples"))
     if server_p95_ms is None or p95 is None:
         checks.append(Check(name="server_agreement", outcome="inconclusive", measured=None, limit="-",
-                            reason="no server-side histogram to cross-check the client timings"))
+                            reason="no server-side histogram to cross-check the client timings"
+                            + (f" ({metrics_problem})" if metrics_problem else "")))
     else:
         gap = abs(server_p95_ms - p95)
         # The client includes network and queueing time the server cannot see, so only a server
@@ -242,14 +299,22 @@ def analyse(
     )
 
 
-def canary_outputs(base_url: str, windows: np.ndarray, timeout: float = 10.0) -> dict[str, np.ndarray]:
-    req = urllib.request.Request(
-        f"{base_url.rstrip('/')}/infer/batch", data=json.dumps({"x": windows.tolist()}).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        body = json.loads(resp.read())
-    return {"latent": np.asarray(body["latent"]), "motif_scores": np.asarray(body["motif_scores"])}
+def canary_outputs(base_url: str, windows: np.ndarray, timeout: float = PROBE_TIMEOUT_S) -> object:
+    """The canary's /infer/batch answer on ``windows``, as parsed JSON (validated by parity_checks);
+    ``ProbeError`` when there is no 200 JSON answer."""
+    body = json.dumps({"x": np.asarray(windows).tolist()}).encode()
+    status, data = http_exchange(base_url, "POST", "/infer/batch", body=body, timeout_s=timeout, max_bytes=16 << 20)
+    if status != 200:
+        raise ProbeError(f"POST /infer/batch: HTTP {status} ({error_body_summary(data)})")
+    return load_json(data, "POST /infer/batch")
+
+
+def canary_parity(base_url: str, windows: np.ndarray, reference: dict[str, np.ndarray], s: GateSettings,
+                  timeout: float = PROBE_TIMEOUT_S) -> list[Check]:
+    try:
+        return parity_checks(canary_outputs(base_url, windows, timeout), reference, s)
+    except ProbeError as exc:
+        return [parity_failure(str(exc))]
 
 
 def run_gate(
@@ -259,18 +324,45 @@ def run_gate(
     windows: np.ndarray,
     reference: dict[str, np.ndarray] | None,
     baseline_latencies: Sequence[float] | None,
+    probe_timeout_s: float = PROBE_TIMEOUT_S,
 ) -> GateReport:
-    """Measure the canary at ``base_url`` for real and analyse the result."""
-    parity = parity_checks(canary_outputs(base_url, windows), reference, settings) if reference is not None else None
-    before = _scrape_or_none(base_url)
-    samples = run_open_loop(
-        base_url, windows, rate=settings.load.rate_windows_per_s, duration_s=settings.load.duration_s,
-        concurrency=settings.load.concurrency, timeout_s=settings.load.request_timeout_s,
-        consecutive_error_limit=settings.consecutive_error_limit,
-    )
-    after = _scrape_or_none(base_url)
+    """Measure the canary at ``base_url`` for real and analyse the result. Never raises: whatever
+    the canary does ends as a failed or inconclusive check with its reason."""
+    try:
+        return _run_gate(base_url, settings, windows, reference, baseline_latencies, probe_timeout_s)
+    except Exception as exc:  # last resort: a gate fault must still yield a verdict
+        log.exception("gate failed unexpectedly against %s", base_url)
+        check = Check(name="gate", outcome="fail", measured=None, limit="-",
+                      reason=f"the gate could not measure the canary: {describe(exc)}")
+        return analyse([], settings, server_p95_ms=None, extra_checks=[check])
+
+
+def _run_gate(base_url: str, settings: GateSettings, windows: np.ndarray, reference: dict[str, np.ndarray] | None,
+              baseline_latencies: Sequence[float] | None, probe_timeout_s: float) -> GateReport:
+    parity = canary_parity(base_url, windows, reference, settings, probe_timeout_s) if reference is not None else None
+    lengths = [int(np.shape(reference[k])[-1]) for k in OUTPUT_KEYS] if reference is not None else [None, None]
+    before, metrics_problem = _scrape(base_url, probe_timeout_s)
+    extra: list[Check] = []
+    try:
+        samples = run_open_loop(
+            base_url, windows, rate=settings.load.rate_windows_per_s, duration_s=settings.load.duration_s,
+            concurrency=settings.load.concurrency, timeout_s=settings.load.request_timeout_s,
+            consecutive_error_limit=settings.consecutive_error_limit, check_body=InferBodyCheck(*lengths),
+        )
+    except Exception as exc:  # e.g. a target the load generator refuses
+        samples = []
+        extra.append(Check(name="load", outcome="fail", measured=None, limit="-",
+                           reason=f"no load could be sent to the canary: {describe(exc)}"))
+    after, after_problem = _scrape(base_url, probe_timeout_s)
     server_p95 = histogram_quantile(before, after, 0.95) if before is not None and after is not None else None
-    return analyse(samples, settings, server_p95_ms=server_p95, baseline_latencies=baseline_latencies, parity=parity)
+    if server_p95 is not None and not math.isfinite(server_p95):
+        server_p95 = None
+    problem = metrics_problem or after_problem
+    if server_p95 is None and not problem and after is not None:
+        problem = (f"/metrics has no {REQUEST_METRIC} histogram for /infer" if not after
+                   else "the /metrics histogram did not count the load (no increase, or a counter reset)")
+    return analyse(samples, settings, server_p95_ms=server_p95, baseline_latencies=baseline_latencies,
+                   parity=parity, extra_checks=extra, metrics_problem=problem)
 
 
 def write_histogram_png(report: GateReport, path: Path) -> Path:

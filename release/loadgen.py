@@ -4,6 +4,10 @@ Send times are fixed in advance on one clock (t0 + i/rate). A pool of workers, e
 own keep-alive connection, picks the next slot, sleeps until its intended time, sends, and
 records latency from the INTENDED time — so a slow server inflates the measured latency instead
 of quietly lowering the request rate. Bounded by count and time; stops by itself.
+
+Whatever the target sends back is recorded, never raised: a transport error, a reset, a
+malformed HTTP answer, an oversized body, or a 200 whose body is not a valid /infer answer
+(non-JSON, wrong length, NaN/null) is a failed sample with its reason.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import json
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from release.errors import InvalidInput
+from release.gate_probe import InferBodyCheck, clip, describe, error_body_summary
 
 SPIN_S = 0.002
+MAX_ANSWER_BYTES = 1 << 20  # a single-window answer is ~2 KB
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,11 @@ class Sample:
     sent_s: float
     latency_ms: float  # from the intended send time to the complete response
     status: int  # HTTP status, 0 for a transport error
-    error: str = ""
+    error: str = ""  # why the sample failed: transport error, or a bad body on a 200
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and not self.error
 
 
 def _connection(base_url: str, timeout: float) -> http.client.HTTPConnection:
@@ -47,14 +58,19 @@ def run_open_loop(
     concurrency: int = 8,
     timeout_s: float = 2.0,
     consecutive_error_limit: int = 1_000_000,
+    check_body: Callable[[bytes], str] | None = None,
 ) -> list[Sample]:
-    """Send ``rate * duration_s`` single-window /infer requests on a fixed schedule."""
+    """Send ``rate * duration_s`` single-window /infer requests on a fixed schedule.
+
+    ``check_body`` says what is wrong with a 200 answer's body ('' if nothing); by default the
+    sidecar contract's shape without lengths (an object with non-empty lists of finite numbers)."""
     if not (rate > 0 and duration_s > 0 and concurrency >= 1 and len(windows)):
         raise InvalidInput(f"load profile needs rate > 0, duration > 0, concurrency >= 1 and windows; got "
                            f"rate={rate} duration_s={duration_s} concurrency={concurrency} windows={len(windows)}")
     _connection(base_url, timeout_s).close()  # refuse a bad target here, not silently inside the workers
     count = max(1, round(rate * duration_s))
     bodies = [json.dumps({"x": w.tolist()}).encode() for w in windows]
+    check = check_body or InferBodyCheck(None, None)
     samples: list[Sample | None] = [None] * count
     next_slot = 0
     consecutive_errors = 0
@@ -81,20 +97,34 @@ def run_open_loop(
                 while time.perf_counter() < intended:
                     pass
                 sent = time.perf_counter()
-                status, error = 0, ""
+                status, error, answer = 0, "", b""
                 try:
                     conn.request("POST", "/infer", body=bodies[i % len(bodies)], headers={"content-type": "application/json"})
                     resp = conn.getresponse()
-                    resp.read()
+                    answer = resp.read(MAX_ANSWER_BYTES + 1)
                     status = resp.status
-                except (OSError, http.client.HTTPException) as exc:
-                    error = f"{type(exc).__name__}: {exc}"
+                    if len(answer) > MAX_ANSWER_BYTES:
+                        error = f"answer larger than {MAX_ANSWER_BYTES} bytes"
+                        conn.close()  # the rest of the answer is still on the wire
+                        conn = _connection(base_url, timeout_s)
+                except Exception as exc:  # anything the target causes is a failed sample
+                    error = describe(exc)
                     conn.close()
                     conn = _connection(base_url, timeout_s)
                 done = time.perf_counter()
-                samples[i] = Sample(intended - t0, sent - t0, (done - intended) * 1000, status, error)
+                # After the clock stops: reading the answer is not the server's latency.
+                if status == 200 and not error:
+                    try:
+                        error = check(answer)
+                    except Exception as exc:  # a validator fault must not lose the sample
+                        error = describe(exc)
+                    error = clip(f"bad answer: {error}") if error else ""
+                elif status and not error:
+                    error = clip(f"HTTP {status} ({error_body_summary(answer)})")
+                sample = Sample(intended - t0, sent - t0, (done - intended) * 1000, status, error)
+                samples[i] = sample
                 with lock:
-                    consecutive_errors = 0 if status == 200 else consecutive_errors + 1
+                    consecutive_errors = 0 if sample.ok else consecutive_errors + 1
                     if consecutive_errors >= consecutive_error_limit:
                         abort.set()
         finally:

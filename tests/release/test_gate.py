@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from release.errors import ConfigError
-from release.gate import analyse, baseline_check, histogram_quantile, parity_checks
+from release.gate import analyse, baseline_check, histogram_quantile, parity_checks, scrape_histogram
+from release.gate_probe import ProbeError
 from release.gate_settings import GateSettings, Verdict, settings_with_overrides
 from release.loadgen import Sample
 
@@ -79,6 +80,82 @@ def test_parity():
     assert all(c.outcome == "pass" for c in same)
     drift = {"latent": ref["latent"] + _rng(5).normal(size=(8, 64)) * 2, "motif_scores": ref["motif_scores"][:, ::-1]}
     assert all(c.outcome == "fail" for c in parity_checks(drift, ref, S))
+
+
+REF = {"latent": _rng().normal(size=(8, 64)), "motif_scores": _rng(1).random((8, 12))}
+
+
+def _as_json(arrays):
+    return {k: np.asarray(v).tolist() for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize(
+    ("outputs", "why"),
+    [
+        ({"latent": REF["latent"][:, :32], "motif_scores": REF["motif_scores"]}, "'latent' has shape [8, 32], expected [8, 64]"),
+        ({"latent": REF["latent"][:7], "motif_scores": REF["motif_scores"][:7]}, "'latent' has shape [7, 64]"),
+        ({"latent": REF["latent"], "motif_scores": REF["motif_scores"][:, :5]}, "'motif_scores' has shape [8, 5]"),
+        ({"latent": REF["latent"][0], "motif_scores": REF["motif_scores"][0]}, "'latent' has shape [64]"),
+        ({"latent": np.where(np.eye(8, 64) > 0, np.nan, REF["latent"]), "motif_scores": REF["motif_scores"]}, "NaN/Inf"),
+        ({"latent": REF["latent"], "motif_scores": np.full((8, 12), np.inf)}, "NaN/Inf"),
+        ({"latent": [[None] * 64] * 8, "motif_scores": REF["motif_scores"].tolist()}, "null or mixed"),
+        ({"latent": [[0.1, None] * 32] * 8, "motif_scores": REF["motif_scores"].tolist()}, "null or mixed"),
+        ({"latent": [["a"] * 64] * 8, "motif_scores": REF["motif_scores"].tolist()}, "text"),
+        ({"latent": [[True] * 64] * 8, "motif_scores": REF["motif_scores"].tolist()}, "booleans"),
+        ({"latent": [[0.1] * 64] * 7 + [[0.1] * 63], "motif_scores": REF["motif_scores"].tolist()}, "'latent'"),
+        ({"latent": None, "motif_scores": REF["motif_scores"].tolist()}, "'latent'"),
+        ({"motif_scores": REF["motif_scores"].tolist()}, "no 'latent'"),
+        ({"error": "non_finite_output"}, "no 'latent'"),
+        ([1, 2, 3], "a JSON list, not an object"),
+        ("<html>", "a JSON str, not an object"),
+        (None, "a JSON NoneType, not an object"),
+    ],
+)
+def test_parity_fails_with_a_reason_on_wrong_outputs_instead_of_raising(outputs, why):
+    checks = parity_checks(outputs, REF, S)
+    assert [(c.name, c.outcome) for c in checks] == [("parity_outputs", "fail")]
+    assert why in checks[0].reason, checks[0].reason
+    r = analyse(_samples(_rng().normal(10, 1, 250)), S, server_p95_ms=11.0, parity=checks)
+    assert r.verdict is Verdict.FAIL and any(why in x for x in r.reasons)
+
+
+def test_parity_accepts_json_lists():
+    assert all(c.outcome == "pass" for c in parity_checks(_as_json(REF), REF, S))
+
+
+def test_failed_samples_carry_their_reason_into_the_error_rate_check():
+    lat = _rng().normal(10, 1, 250)
+    bad = "bad answer: 'latent' has 32 values, expected 64"
+    samples = [Sample(i / 25, i / 25, float(v), 200, bad if i % 5 == 0 else "") for i, v in enumerate(lat)]
+    assert not samples[0].ok and samples[1].ok
+    r = analyse(samples, S, server_p95_ms=11.0)
+    assert r.verdict is Verdict.FAIL
+    assert any("error_rate" in x and "50 of 250 requests failed" in x and bad in x for x in r.reasons), r.reasons
+    assert r.samples == 180  # 225 scored after the 1 s warm-up, every fifth failed
+
+
+def test_no_answer_at_all_fails():
+    samples = [Sample(i / 25, i / 25, 2000.0, 0, "ConnectionRefusedError: [Errno 111] Connection refused") for i in range(5)]
+    r = analyse(samples, S, server_p95_ms=None, metrics_problem="GET /metrics: ConnectionRefusedError")
+    assert r.verdict is Verdict.FAIL
+    assert any("Connection refused" in x for x in r.reasons)
+    checks = {c.name: c for c in r.checks}
+    assert checks["server_agreement"].outcome == "inconclusive"
+    assert "GET /metrics: ConnectionRefusedError" in checks["server_agreement"].reason
+
+
+def test_histogram_quantile_refuses_resets_and_non_cumulative_buckets():
+    after = {0.01: 50, 0.02: 90, 0.05: 100, float("inf"): 100}
+    assert histogram_quantile({0.01: 80, 0.02: 95, 0.05: 200, float("inf"): 200}, after, 0.95) is None  # restarted
+    assert histogram_quantile({}, {0.01: 50, 0.02: 10, float("inf"): 60}, 0.95) is None
+    assert histogram_quantile({}, {}, 0.95) is None
+
+
+def test_scrape_of_a_dead_url_says_why():
+    with pytest.raises(ProbeError, match="GET /metrics"):
+        scrape_histogram("http://127.0.0.1:9", timeout=1.0)
+    with pytest.raises(ProbeError, match="http://"):
+        scrape_histogram("ftp://example.invalid", timeout=1.0)
 
 
 def test_histogram_quantile_interpolates():

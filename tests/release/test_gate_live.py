@@ -1,5 +1,7 @@
 """The gate against real sidecar processes: a good one passes, a 2x slower one fails on the
-baseline comparison, a drifting one fails parity."""
+baseline comparison, a drifting one fails parity. And against canaries that send garbage back
+(the real sidecar wrapped by a faulty double, a raw garbage server, nothing listening): the gate
+returns a report with a failed or inconclusive check saying why, it never raises."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from release.gate import run_gate, write_histogram_png
-from release.gate_settings import Verdict, settings_with_overrides
+from release.gate import GateReport, run_gate, write_histogram_png
+from release.gate_settings import GateSettings, LoadProfile, Verdict, settings_with_overrides
 from release.sample_model import golden_windows
+from tests.doubles.garbage_http import MODES, garbage_server
 from tests.fixtures.testbed import free_port
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +50,11 @@ def sidecar(tmp_path, sample_onnx_path):
     yield start
     for p in procs:
         p.terminate()
-        p.wait(timeout=10)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +88,85 @@ def test_drifting_sidecar_fails_parity(sidecar, reference):
                  baseline_latencies=None)
     assert r.verdict is Verdict.FAIL
     assert any("parity" in x for x in r.reasons)
+
+
+# Short load, short timeouts: these canaries fail fast (consecutive-error abort) or not at all.
+FAULT = GateSettings(load=LoadProfile(duration_s=2, request_timeout_s=0.5))
+
+
+def _gate(url: str, reference) -> GateReport:
+    windows, ref = reference
+    report = run_gate(url, FAULT, windows=windows, reference=ref, baseline_latencies=None, probe_timeout_s=2.0)
+    json.loads(report.model_dump_json())  # a report the pipeline can store
+    return report
+
+
+def _check(report: GateReport, name: str):
+    checks = {c.name: c for c in report.checks}
+    assert name in checks, [c.name for c in report.checks]
+    return checks[name]
+
+
+@pytest.mark.parametrize(
+    ("mode", "parity_reason", "load_reason"),
+    [
+        ("shortlatent", "'latent' has shape [8, 32], expected [8, 64]", "'latent' has 32 values, expected 64"),
+        ("wrongrows", "'latent' has shape [7, 64], expected [8, 64]", None),
+        ("nan", "HTTP 422 (output_non_finite", "HTTP 422 (output_non_finite"),
+        ("http500", "HTTP 500 (inference_failed", "HTTP 500 (inference_failed"),
+        ("nonjson", "POST /infer/batch: answer is not JSON", "answer is not JSON"),
+        ("hang", "POST /infer/batch: no complete answer within 2 s", "timed out"),
+    ],
+)
+def test_garbage_from_a_sidecar_fails_the_gate_with_the_reason(sidecar, reference, mode, parity_reason, load_reason):
+    report = _gate(sidecar(f"tests.doubles.faulty_sidecars {mode}"), reference)
+    assert report.verdict is Verdict.FAIL, report.reasons
+    parity = _check(report, "parity_outputs")
+    assert parity.outcome == "fail" and parity_reason in parity.reason, parity.reason
+    assert parity.reason in report.reasons
+    if load_reason is not None:  # /infer under load answers the same garbage: every request is an error
+        errors = _check(report, "error_rate")
+        assert errors.outcome == "fail" and load_reason in errors.reason, errors.reason
+
+
+@pytest.mark.parametrize(("mode", "why"), [("garbagemetrics", "GET /metrics: not Prometheus text"),
+                                           ("nometrics", "GET /metrics: HTTP 404")])
+def test_unreadable_metrics_leave_the_cross_check_inconclusive(sidecar, reference, mode, why):
+    report = _gate(sidecar(f"tests.doubles.faulty_sidecars {mode}"), reference)
+    assert report.verdict is not Verdict.PASS
+    agreement = _check(report, "server_agreement")
+    assert agreement.outcome == "inconclusive" and why in agreement.reason, agreement.reason
+    assert report.server_p95_ms is None
+    # the canary itself answered correctly: parity passed
+    assert {c.outcome for c in report.checks if c.name.startswith("parity")} == {"pass"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_raw_garbage_fails_the_gate_instead_of_raising(reference, mode):
+    with garbage_server(mode) as url:
+        report = _gate(url, reference)
+    assert report.verdict is Verdict.FAIL, report.reasons
+    parity = _check(report, "parity_outputs")
+    assert parity.outcome == "fail" and "parity: " in parity.reason
+    assert _check(report, "error_rate").outcome == "fail"
+    assert _check(report, "server_agreement").outcome == "inconclusive"
+    if mode == "json422":
+        assert "HTTP 422 (non_finite_output: outside the model's numeric range)" in parity.reason
+    if mode == "silent":
+        assert "no complete answer within 2 s" in parity.reason
+
+
+def test_unreachable_canary_fails(reference):
+    report = _gate(f"http://127.0.0.1:{free_port()}", reference)
+    assert report.verdict is Verdict.FAIL
+    assert "ConnectionRefusedError" in _check(report, "parity_outputs").reason
+    errors = _check(report, "error_rate")
+    assert errors.outcome == "fail" and "ConnectionRefusedError" in errors.reason
+    assert "GET /metrics" in _check(report, "server_agreement").reason
+
+
+def test_a_target_the_load_generator_refuses_still_yields_a_report(reference):
+    report = _gate("ftp://127.0.0.1:21", reference)
+    assert report.verdict is Verdict.FAIL
+    assert _check(report, "load").outcome == "fail"
+    assert "must be http://" in _check(report, "parity_outputs").reason

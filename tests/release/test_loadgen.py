@@ -1,6 +1,7 @@
 """The open-loop load generator against a real HTTP server on loopback: fixed schedule, latency
 from the intended time (a stalled server inflates latency instead of lowering the rate),
-bounded by count, stops by itself after consecutive errors."""
+bounded by count, stops by itself after consecutive errors, and records garbage answers (bad
+bodies, resets, non-HTTP bytes) as failed samples instead of raising."""
 
 from __future__ import annotations
 
@@ -14,19 +15,22 @@ import numpy as np
 import pytest
 
 from release.errors import InvalidInput
+from release.gate_probe import InferBodyCheck
 from release.loadgen import run_open_loop
+from tests.doubles.garbage_http import MODES, garbage_server
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the sidecar
     delay_s = 0.0
     status = 200
+    answer = b'{"latent": [0.1, 0.2, 0.3, 0.4], "motif_scores": [0.5, 0.25]}'
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         assert json.loads(body)["x"]
         time.sleep(type(self).delay_s)
-        out = b'{"latent": [], "motif_scores": []}'
+        out = type(self).answer
         self.send_response(type(self).status)
         self.send_header("content-length", str(len(out)))
         self.end_headers()
@@ -54,7 +58,7 @@ def test_fixed_schedule_and_count(server):
     url, _ = server
     samples = run_open_loop(url, WINDOWS, rate=50, duration_s=1.0, concurrency=4)
     assert len(samples) == 50
-    assert all(s.status == 200 for s in samples)
+    assert all(s.status == 200 and s.ok for s in samples), {s.error for s in samples}
     intended = sorted(s.intended_s for s in samples)
     assert np.allclose(np.diff(intended), 1 / 50)
     # sends follow the schedule closely on an idle server
@@ -78,7 +82,7 @@ def test_stops_after_consecutive_errors(server):
     start = time.perf_counter()
     samples = run_open_loop(url, WINDOWS, rate=20, duration_s=5.0, concurrency=1, consecutive_error_limit=3)
     assert len(samples) == 3
-    assert all(s.status == 503 for s in samples)
+    assert all(s.status == 503 and s.error.startswith("HTTP 503") for s in samples)
     assert time.perf_counter() - start < 2
 
 
@@ -93,3 +97,42 @@ def test_refuses_non_http_target():
         run_open_loop("file:///etc/passwd", WINDOWS, rate=1, duration_s=1.0, concurrency=1)
     with pytest.raises(InvalidInput, match="rate"):
         run_open_loop("http://127.0.0.1:9", WINDOWS, rate=0, duration_s=1.0, concurrency=1)
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"<html>busy</html>", "not JSON"),
+        (b"[1, 2]", "not an object"),
+        (b'{"latent": [], "motif_scores": [0.5]}', "'latent' missing"),
+        (b'{"latent": [0.1, null], "motif_scores": [0.5]}', "not a finite number"),
+        (b'{"latent": [0.1, NaN], "motif_scores": [0.5]}', "not a finite number"),
+        (b'{"latent": [0.1, "x"], "motif_scores": [0.5]}', "not a finite number"),
+        (b'{"latent": [0.1, 0.2], "motif_scores": {"a": 1}}', "'motif_scores' missing"),
+    ],
+)
+def test_a_200_with_a_bad_body_is_a_failed_sample(server, answer, why):
+    url, handler = server
+    handler.answer = answer
+    samples = run_open_loop(url, WINDOWS, rate=20, duration_s=0.5, concurrency=2, consecutive_error_limit=3)
+    assert samples and all(s.status == 200 and not s.ok for s in samples)
+    assert all(why in s.error for s in samples), {s.error for s in samples}
+
+
+def test_answers_of_the_wrong_length_are_failed_samples(server):
+    url, _ = server  # the handler answers 4 latent values and 2 motif scores
+    samples = run_open_loop(url, WINDOWS, rate=20, duration_s=0.3, concurrency=1, check_body=InferBodyCheck(64, 12))
+    assert samples and all("'latent' has 4 values, expected 64" in s.error for s in samples)
+    good = run_open_loop(url, WINDOWS, rate=20, duration_s=0.3, concurrency=1, check_body=InferBodyCheck(4, 2))
+    assert good and all(s.ok for s in good)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_raw_garbage_is_recorded_not_raised(mode):
+    with garbage_server(mode) as url:
+        samples = run_open_loop(url, WINDOWS, rate=20, duration_s=0.5, concurrency=2, timeout_s=0.5,
+                                consecutive_error_limit=4)
+    assert samples
+    assert all(not s.ok and s.error for s in samples), samples
+    if mode == "json422":  # the error body is kept as the reason
+        assert all(s.status == 422 and "non_finite_output" in s.error for s in samples), samples

@@ -1,0 +1,158 @@
+"""What the gate asks a canary, read defensively: one HTTP exchange with a hard deadline and a
+size cap, and validators that say what is wrong with an answer instead of raising.
+
+A canary under test is untrusted. Whatever it sends back (non-JSON, wrong shapes, NaN, null, an
+HTTP error, a reset connection, nothing at all) ends here as a ``ProbeError`` or a problem string
+the gate turns into a failed or inconclusive check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import math
+import socket
+import threading
+import urllib.parse
+from typing import Any
+
+import numpy as np
+
+MAX_REASON_CHARS = 300
+
+
+class ProbeError(Exception):
+    """The canary did not give a usable answer; the message says why."""
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    return clip(f"{type(exc).__name__}: {text}")
+
+
+def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def http_exchange(
+    base_url: str, method: str, path: str, *, body: bytes | None = None, timeout_s: float, max_bytes: int
+) -> tuple[int, bytes]:
+    """(status, body) of one request, complete within ``timeout_s`` overall (not per socket read:
+    a canary that drips one byte a second is cut off too). Raises only ``ProbeError``."""
+    u = urllib.parse.urlsplit(base_url)
+    if u.scheme != "http" or not u.hostname:
+        raise ProbeError(f"canary URL must be http://host:port, got {base_url!r}")
+    try:
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout_s)
+    except (ValueError, OSError) as exc:  # e.g. a non-numeric port
+        raise ProbeError(f"canary URL {base_url!r}: {describe(exc)}") from None
+    outcome: list[tuple[int, bytes] | Exception] = []
+
+    def exchange() -> None:
+        try:
+            headers = {"content-type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            outcome.append((resp.status, resp.read(max_bytes + 1)))
+        except Exception as exc:  # everything the canary causes is reported, not raised
+            outcome.append(exc)
+
+    worker = threading.Thread(target=exchange, name=f"gate-probe {method} {path}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read; close() alone may not
+        conn.close()
+        raise ProbeError(f"{method} {path}: no complete answer within {timeout_s:g} s")
+    conn.close()
+    result = outcome[0]
+    if isinstance(result, Exception):
+        raise ProbeError(f"{method} {path}: {describe(result)}")
+    status, data = result
+    if len(data) > max_bytes:
+        raise ProbeError(f"{method} {path}: answer larger than {max_bytes} bytes")
+    return status, data
+
+
+def error_body_summary(data: bytes) -> str:
+    """The sidecar's JSON error ({"error", "detail"}) if there is one, else the start of the body."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if isinstance(doc, dict) and ("error" in doc or "detail" in doc):
+        return clip(": ".join(str(doc[k]) for k in ("error", "detail") if k in doc))
+    text = data[:200].decode("utf-8", "replace")
+    return clip(text) if text.strip() else "empty body"
+
+
+def load_json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProbeError(f"{what}: answer is not JSON ({describe(exc)})") from None
+
+
+def _numbers(value: Any, key: str) -> tuple[np.ndarray | None, str]:
+    try:
+        raw = np.asarray(value)
+    except (ValueError, OverflowError):
+        return None, f"{key!r} has ragged rows"
+    if raw.dtype.kind not in "iuf":
+        kind = {"b": "booleans", "U": "text", "O": "null or mixed values"}.get(raw.dtype.kind, raw.dtype.name)
+        return None, f"{key!r} is not an array of numbers: found {kind}"
+    return raw.astype(np.float64), ""
+
+
+def outputs_problem(doc: Any, expect: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], str]:
+    """Arrays for each expected key, or a problem: not an object, a missing key, null or text,
+    a wrong shape (vector length or number of rows), NaN/Inf."""
+    if not isinstance(doc, dict):
+        return {}, f"answer is a JSON {type(doc).__name__}, not an object"
+    arrays: dict[str, np.ndarray] = {}
+    for key, shape in expect.items():
+        if key not in doc:
+            return {}, f"answer has no {key!r} (keys: {sorted(map(str, doc))[:8]})"
+        arr, problem = _numbers(doc[key], key)
+        if arr is None:
+            return {}, problem
+        if arr.shape != shape:
+            return {}, f"{key!r} has shape {list(arr.shape)}, expected {list(shape)}"
+        if not np.isfinite(arr).all():
+            return {}, f"{key!r} contains NaN/Inf"
+        arrays[key] = arr
+    return arrays, ""
+
+
+class InferBodyCheck:
+    """Problem with one /infer answer body ('' when it is good): the load generator counts a 200
+    with a bad body as an error, like any other wrong answer."""
+
+    def __init__(self, latent_dim: int | None, num_motifs: int | None) -> None:
+        self.lengths = {"latent": latent_dim, "motif_scores": num_motifs}
+
+    def __call__(self, data: bytes) -> str:
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return "answer is not JSON"
+        if not isinstance(doc, dict):
+            return f"answer is a JSON {type(doc).__name__}, not an object"
+        for key, length in self.lengths.items():
+            values = doc.get(key)
+            if not isinstance(values, list) or not values:
+                return f"{key!r} missing or not a non-empty list"
+            if length is not None and len(values) != length:
+                return f"{key!r} has {len(values)} values, expected {length}"
+            if not all(_finite_number(v) for v in values):
+                return f"{key!r} has a value that is not a finite number"
+        return ""
+
+
+def _finite_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
