@@ -9,7 +9,7 @@ GET  /openapi.json, /docs   the OpenAPI document, prebuilt from the source (hail
 
 Why no framework on the hot path: FastAPI's import was ~370 ms of a 530 ms app import (its
 pydantic OpenAPI models alone ~140 ms), and Starlette + anyio still ~35-95 ms measured here under
-load, for six fixed routes that need no dependency injection. uvicorn serves this callable
+load, for seven fixed routes that need no dependency injection. uvicorn serves this callable
 directly; the OpenAPI document FastAPI used to build at run time is generated at build time and a
 test keeps it equal to the source.
 
@@ -26,10 +26,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
-from hailo_sidecar.backends import Backend, BackendError, HefState, select_backend, warm_up
+from hailo_sidecar.backends import Backend, BackendError, HefState, Windows, nonfinite_rows, select_backend, warm_up
 from hailo_sidecar.config import SidecarConfig
 from hailo_sidecar.hef import HefError, inspect_hef
 from hailo_sidecar.metrics import Metrics
@@ -257,7 +256,7 @@ class SidecarApp:
         await _send(send, *response)
         metrics.observe_request(endpoint, time.perf_counter() - t0)
 
-    def _run(self, endpoint: str, windows: np.ndarray, batch: bool) -> tuple[int, bytes, bytes]:
+    def _run(self, endpoint: str, windows: Windows, batch: bool) -> tuple[int, bytes, bytes]:
         state, metrics = self.sidecar, self.sidecar.metrics
         assert state.backend is not None
         t1 = time.perf_counter()
@@ -269,9 +268,8 @@ class SidecarApp:
             log.exception(json.dumps({"event": "inference_failed", "error": str(exc)}))
             return _error(500, "inference_failed", "backend inference failed; see sidecar logs")
         per_window = (time.perf_counter() - t1) / len(windows)
-        finite = np.isfinite(latent).all(axis=1) & np.isfinite(motifs).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite).tolist()
+        bad = nonfinite_rows(latent, motifs)
+        if bad:
             metrics.nonfinite_outputs += 1
             metrics.error("non_finite_output")
             metrics.request(endpoint, 422)

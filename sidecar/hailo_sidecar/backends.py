@@ -7,28 +7,32 @@
 
 ``auto`` picks hailo when a valid HEF, the library and the device are present, else onnx, else
 refuses: production never silently serves stub outputs. Each backend's library is imported only
-when that backend is chosen (onnxruntime alone is ~100 ms of import on this machine).
+when that backend is chosen (hailo_sidecar.runtimes: numpy, onnxruntime, hailo_platform); the stub
+and the request path need no numpy, which was ~110 of ~320 ms of stub-mode imports here.
 Before a backend serves, ``warm_up`` runs the golden windows through it and refuses non-finite
 outputs (a model with NaN weights would otherwise answer every request with null).
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import platform
-import re
-import shutil
-import subprocess
-import threading
+import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import mul
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hailo_sidecar.config import SidecarConfig
 from hailo_sidecar.hef import HefInfo
+
+if TYPE_CHECKING:
+    from hailo_sidecar.runtimes import HailoBackend, OnnxBackend
+
+# Validated request windows [n][L][C] of JSON numbers (int | float), as orjson parsed them.
+Windows = list[list[list[float]]]
 
 
 class BackendError(RuntimeError):
@@ -38,8 +42,9 @@ class BackendError(RuntimeError):
 class Backend(Protocol):
     name: str
 
-    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """windows float32 [n, 100, 9] → (latent [n, 64], motif_scores [n, NUM_MOTIFS])."""
+    def infer(self, windows: Windows) -> tuple[Any, Any]:
+        """windows [n][100][9] → (latent [n, 64], motif_scores [n, NUM_MOTIFS]): numpy arrays
+        for the real backends, lists of floats for the stub."""
         ...
 
 
@@ -62,188 +67,99 @@ class HefState:
         return self.info is not None or self.problem is not None
 
 
-def golden_windows(n: int = 8, seed: int = 1, length: int = 100, channels: int = 9) -> np.ndarray:
-    """Deterministic float32 windows [n, L, C]: smooth multi-channel signals plus noise, the same
-    as release.sample_model.golden_windows (a test keeps them equal; the sidecar imports nothing
-    from release/)."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0.0, 1.0, length, dtype=np.float64)[None, :, None]
-    freqs = rng.uniform(0.5, 8.0, size=(n, 1, channels))
-    phases = rng.uniform(0.0, 2 * np.pi, size=(n, 1, channels))
-    signal = np.sin(2 * np.pi * freqs * t + phases) + 0.1 * rng.standard_normal((n, length, channels))
-    return signal.astype(np.float32)
+def _plain_windows(n: int, length: int, channels: int) -> Windows:
+    """Deterministic smooth windows without numpy (the stub's warm-up input)."""
+    return [
+        [[math.sin(2 * math.pi * (0.5 + (k * channels + c) % 7) * i / length + c) for c in range(channels)]
+         for i in range(length)]
+        for k in range(n)
+    ]
+
+
+def _dims(a: Any) -> tuple[int, int]:
+    if hasattr(a, "shape"):
+        shape = tuple(a.shape)
+        return (shape[0], shape[1]) if len(shape) == 2 else (-1, -1)
+    return (len(a), len(a[0]) if len(a) and all(len(r) == len(a[0]) for r in a) else -1)
+
+
+def nonfinite_rows(latent: Any, motifs: Any) -> list[int]:
+    """Indices of the windows whose outputs hold NaN/Inf (numpy arrays or lists of floats)."""
+    if hasattr(latent, "dtype"):
+        import numpy as np
+
+        finite = np.isfinite(latent).all(axis=1) & np.isfinite(motifs).all(axis=1)
+        return [int(i) for i in np.flatnonzero(~finite)]
+    return [i for i, (lat, mot) in enumerate(zip(latent, motifs, strict=True))
+            if not all(map(math.isfinite, chain(lat, mot)))]
 
 
 def warm_up(backend: Backend, cfg: SidecarConfig) -> None:
     """Run the golden windows plus an all-zero window; refuse wrong shapes and non-finite outputs."""
-    windows = np.concatenate(
-        [golden_windows(8, length=cfg.window_length, channels=cfg.window_channels),
-         np.zeros((1, cfg.window_length, cfg.window_channels), dtype=np.float32)]
-    )
+    length, channels = cfg.window_length, cfg.window_channels
+    if backend.name == "stub":
+        windows = _plain_windows(8, length, channels)
+    else:
+        from hailo_sidecar.runtimes import golden_windows
+
+        windows = golden_windows(8, length=length, channels=channels).tolist()
+    windows.append([[0.0] * channels for _ in range(length)])
     latent, motifs = backend.infer(windows)
     n = len(windows)
-    if latent.shape != (n, cfg.latent_dim) or motifs.shape != (n, cfg.num_motifs):
+    if _dims(latent) != (n, cfg.latent_dim) or _dims(motifs) != (n, cfg.num_motifs):
         raise BackendError(
-            f"warm-up produced shapes {list(latent.shape)}, {list(motifs.shape)}; expected "
+            f"warm-up produced shapes {list(_dims(latent))}, {list(_dims(motifs))}; expected "
             f"[{n}, {cfg.latent_dim}], [{n}, {cfg.num_motifs}] (NUM_MOTIFS?)"
         )
-    bad = int((~np.isfinite(latent)).sum() + (~np.isfinite(motifs)).sum())
+    bad = nonfinite_rows(latent, motifs)
     if bad:
         raise BackendError(
-            f"warm-up on the golden windows produced {bad} non-finite outputs of {latent.size + motifs.size}: "
-            f"the {backend.name} model's weights or numerics are broken (NaN/Inf); refusing to serve it"
+            f"warm-up on the golden windows produced non-finite outputs (NaN/Inf) for {len(bad)} of {n} windows: "
+            f"the {backend.name} model's weights or numerics are broken; refusing to serve it"
         )
 
 
 class StubBackend:
-    """Deterministic function of the input: a fixed random projection, so shapes and
-    determinism can be tested without a model."""
+    """Deterministic function of the input, in plain Python so stub mode never imports numpy
+    (measured ~0.3 ms per window): each latent/motif value is a fixed smooth projection of one
+    channel over time; motif scores go through a sigmoid."""
 
     name = "stub"
 
     def __init__(self, cfg: SidecarConfig) -> None:
-        rng = np.random.default_rng(0)
-        features = cfg.window_length * cfg.window_channels
-        self._w_latent = (rng.standard_normal((features, cfg.latent_dim)) / np.sqrt(features)).astype(np.float32)
-        self._w_motif = (rng.standard_normal((features, cfg.num_motifs)) / np.sqrt(features)).astype(np.float32)
+        length, self._channels = cfg.window_length, cfg.window_channels
+        scale = 1.0 / math.sqrt(length)
+        self._w_latent = [[math.sin(0.61 * k + 0.37 * i + 0.5) * scale for i in range(length)]
+                          for k in range(cfg.latent_dim)]
+        self._w_motif = [[math.cos(0.43 * j + 0.29 * i) * scale for i in range(length)] for j in range(cfg.num_motifs)]
 
-    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        flat = windows.reshape(windows.shape[0], -1)
-        latent = flat @ self._w_latent
-        motifs = 1.0 / (1.0 + np.exp(-(flat @ self._w_motif)))
-        return latent.astype(np.float32), motifs.astype(np.float32)
+    @staticmethod
+    def _sigmoid(z: float) -> float:
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
 
-
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-class OnnxBackend:
-    name = "onnx"
-
-    def __init__(self, cfg: SidecarConfig) -> None:
-        path = cfg.onnx_path
-        if not path.is_file():
-            raise BackendError(f"ONNX model not found at ONNX_PATH={path}; mount the release's model.onnx there")
-        if cfg.expected_onnx_sha256 and _sha256_file(path) != cfg.expected_onnx_sha256:
-            raise BackendError(f"{path}: sha256 does not match ONNX_SHA256={cfg.expected_onnx_sha256}")
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail, ...)
-            text = " ".join(str(exc).split())[:400]
-            raise BackendError(f"onnxruntime cannot load ONNX_PATH={path} ({type(exc).__name__}): {text}") from None
-        inp = self._session.get_inputs()[0]
-        self._input_name = inp.name
-        shape = list(inp.shape)
-        if len(shape) != 3 or shape[1:] != [cfg.window_length, cfg.window_channels] or not isinstance(shape[0], int):
-            raise BackendError(
-                f"{path}: input {inp.name!r} has shape {shape}, expected [batch, {cfg.window_length}, {cfg.window_channels}]"
-            )
-        if inp.type != "tensor(float)":
-            raise BackendError(f"{path}: input {inp.name!r} is {inp.type}, expected tensor(float) (float32)")
-        self._batch = shape[0]
-        outputs = {o.name: o for o in self._session.get_outputs()}
-        for name, size in (("latent", cfg.latent_dim), ("motif_scores", cfg.num_motifs)):
-            out = outputs.get(name)
-            if out is None or not out.shape or out.shape[-1] != size:
-                shape_text = None if out is None else out.shape
-                raise BackendError(f"{path}: output {name!r} is {shape_text}, expected last dim {size} (NUM_MOTIFS?)")
-            if out.type != "tensor(float)":
-                raise BackendError(f"{path}: output {name!r} is {out.type}, expected tensor(float) (float32)")
-        # onnxruntime sessions are thread-safe for run(), but one CPU thread each is all we
-        # give it; a lock keeps latency predictable under concurrent requests.
-        self._lock = threading.Lock()
-
-    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, windows: Sequence[Sequence[Sequence[float]]]) -> tuple[list[list[float]], list[list[float]]]:
         latents, motifs = [], []
-        n = windows.shape[0]
-        with self._lock:
-            for start in range(0, n, self._batch):
-                chunk = windows[start : start + self._batch]
-                pad = self._batch - chunk.shape[0]
-                if pad:
-                    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), dtype=np.float32)])
-                lat, mot = self._session.run(["latent", "motif_scores"], {self._input_name: chunk})
-                latents.append(lat.reshape(self._batch, -1)[: self._batch - pad])
-                motifs.append(mot.reshape(self._batch, -1)[: self._batch - pad])
-        return np.concatenate(latents), np.concatenate(motifs)
+        c = self._channels
+        for window in windows:
+            cols = list(zip(*window, strict=True))
+            latents.append([float(sum(map(mul, cols[k % c], w))) for k, w in enumerate(self._w_latent)])
+            motifs.append([self._sigmoid(float(sum(map(mul, cols[j % c], w)))) for j, w in enumerate(self._w_motif)])
+        return latents, motifs
 
 
-_ARCH_LINE = re.compile(r"Device Architecture:\s*(\S+)")
+def _onnx(cfg: SidecarConfig) -> OnnxBackend:
+    from hailo_sidecar.runtimes import OnnxBackend
+
+    return OnnxBackend(cfg)
 
 
-def device_architecture(hailortcli: str = "hailortcli") -> str:
-    """The device architecture from `hailortcli fw-control identify` (not the board name)."""
-    exe = shutil.which(hailortcli)
-    if exe is None:
-        raise BackendError("hailortcli not found: install HailoRT 4.x matching the host's hailo_pci driver")
-    res = subprocess.run([exe, "fw-control", "identify"], capture_output=True, text=True, timeout=10)
-    match = _ARCH_LINE.search(res.stdout)
-    if res.returncode != 0 or match is None:
-        raise BackendError(f"hailortcli fw-control identify failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
-    return match.group(1).strip().lower().replace("_", "")
+def _hailo(cfg: SidecarConfig, hef: HefState) -> HailoBackend:
+    from hailo_sidecar.runtimes import HailoBackend
 
-
-class HailoBackend:
-    """HailoRT 4.x InferModel API. One process owns /dev/hailo0, so this holds one VDevice."""
-
-    name = "hailo"
-
-    def __init__(self, cfg: SidecarConfig, hef: HefState) -> None:
-        if hef.info is None:
-            raise BackendError(hef.problem or f"HEF not found at HEF_PATH={cfg.hef_path}")
-        if hef.info.kind == "placeholder":
-            raise BackendError(f"HEF_PATH={cfg.hef_path} is a placeholder (no DFC compile ran): nothing to run on Hailo")
-        if not cfg.hailo_device.exists():
-            raise BackendError(f"{cfg.hailo_device} is missing: run the container with --device {cfg.hailo_device}")
-        try:
-            hp: Any = importlib.import_module("hailo_platform")
-        except ImportError as exc:
-            raise BackendError(f"hailo_platform (HailoRT 4.x Python API) is not installed: {exc}") from None
-        arch = device_architecture()
-        want = hef.info.hw_arch
-        if arch != want:
-            raise BackendError(f"HEF compiled for {want} but the device is {arch}: recompile with --hw-arch {arch}")
-        try:
-            params = hp.VDevice.create_params()
-            self._vdevice = hp.VDevice(params)
-            self._model = self._vdevice.create_infer_model(str(cfg.hef_path))
-            self._model.set_batch_size(1)
-            self._configured = self._model.configure()
-        except Exception as exc:  # HailoRTException carries the status code in its text
-            text = str(exc)
-            hint = ""
-            if "HAILO_INVALID_DRIVER_VERSION" in text or "(76)" in text:
-                hint = " — the HailoRT library in the image must exactly match the host's hailo_pci driver version"
-            elif "HAILO_OUT_OF_PHYSICAL_DEVICES" in text or "(74)" in text:
-                hint = " — another process owns /dev/hailo0; stop the old sidecar first (or use hailort_service)"
-            raise BackendError(f"HailoRT failed to open the device/HEF: {text}{hint}") from None
-        self._input_name = self._model.input().name
-        self._lock = threading.Lock()
-
-    def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        latents, motifs = [], []
-        with self._lock:
-            for window in windows:
-                bindings = self._configured.create_bindings()
-                bindings.input().set_buffer(np.ascontiguousarray(window[None, ...], dtype=np.float32))
-                out = {}
-                for name in ("latent", "motif_scores"):
-                    buf = np.empty(self._model.output(name).shape, dtype=np.float32)
-                    bindings.output(name).set_buffer(buf)
-                    out[name] = buf
-                self._configured.run([bindings], 1000)
-                latents.append(out["latent"].reshape(-1))
-                motifs.append(out["motif_scores"].reshape(-1))
-        return np.stack(latents), np.stack(motifs)
+    return HailoBackend(cfg, hef)
 
 
 def _hef_usable(hef: HefState) -> str | None:
@@ -257,7 +173,7 @@ def _hef_usable(hef: HefState) -> str | None:
 
 def select_backend(cfg: SidecarConfig, hef: HefState) -> Selection:
     """Choose the backend for ``cfg.infer_mode``; raise BackendError with the reason otherwise."""
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     if cfg.infer_mode not in ("stub",) and machine in ("x86_64", "amd64") and not cfg.allow_amd64:
         raise BackendError(
             f"refusing to serve a real backend on {machine}: the runtime image is for linux/arm64 (Pi 5). "
@@ -269,13 +185,13 @@ def select_backend(cfg: SidecarConfig, hef: HefState) -> Selection:
     if cfg.infer_mode == "stub":
         return Selection(StubBackend(cfg), "INFER_MODE=stub")
     if cfg.infer_mode == "onnx":
-        return Selection(OnnxBackend(cfg), "INFER_MODE=onnx")
+        return Selection(_onnx(cfg), "INFER_MODE=onnx")
     if cfg.infer_mode == "hailo":
-        return Selection(HailoBackend(cfg, hef), "INFER_MODE=hailo")
+        return Selection(_hailo(cfg, hef), "INFER_MODE=hailo")
     has_lib = importlib.util.find_spec("hailo_platform") is not None
     hef_problem = _hef_usable(hef)
     if hef_problem is None and has_lib and cfg.hailo_device.exists():
-        return Selection(HailoBackend(cfg, hef), "auto: a valid HEF, hailo_platform and the device are present")
+        return Selection(_hailo(cfg, hef), "auto: a valid HEF, hailo_platform and the device are present")
     missing = [
         what
         for what, ok in (
@@ -287,5 +203,5 @@ def select_backend(cfg: SidecarConfig, hef: HefState) -> Selection:
     ]
     reason = "hailo unavailable (" + "; ".join(str(m) for m in missing) + ")"
     if cfg.onnx_path.is_file():
-        return Selection(OnnxBackend(cfg), "auto: " + reason + "; serving the ONNX on the CPU")
+        return Selection(_onnx(cfg), "auto: " + reason + "; serving the ONNX on the CPU")
     raise BackendError("auto: no backend can serve: " + reason + f", and no ONNX at {cfg.onnx_path}")

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from hailo_sidecar.__main__ import JsonFormatter
 from hailo_sidecar.app import create_app
-from hailo_sidecar.backends import golden_windows as sidecar_golden
 from hailo_sidecar.openapi_gen import build_documents
+from hailo_sidecar.runtimes import golden_windows as sidecar_golden
 
 from release.sample_model import golden_windows
 
@@ -134,3 +134,29 @@ def test_body_orjson_roundtrip_of_big_ints(client):
     assert r.status_code == 200
     r = _post(client, {"x": _with(GOOD, 0, 0, 10**40)})
     assert r.status_code == 422 and r.json()["error"] == "non_finite" and "row 0, column 0" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("mode", "absent"), [
+    ("stub", ["numpy", "onnxruntime", "fastapi", "starlette", "pydantic", "prometheus_client", "websockets"]),
+    ("onnx", ["fastapi", "starlette", "pydantic", "prometheus_client", "websockets", "hailo_platform"]),
+])
+def test_cold_path_imports_only_what_the_backend_needs(model_dir, mode, absent):
+    """Structural guard for the cold start (timings live in bench/): a stub start loads no numpy,
+    no mode loads FastAPI/Starlette/pydantic, and prometheus_client waits for the first /metrics."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from hailo_sidecar.config import SidecarConfig\n"
+        "from hailo_sidecar.app import create_app, load\n"
+        "app = create_app(SidecarConfig.from_env()); load(app.sidecar)\n"
+        "import uvicorn\n"
+        "uvicorn.Config(app, lifespan='off', ws='none', log_config=None).load()\n"
+        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
+    )
+    env = {"MODEL_DIR": str(model_dir), "INFER_MODE": mode, "HAILO_SIDECAR_ALLOW_AMD64": "1", "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    loaded = set(json.loads(res.stdout.splitlines()[-1]))
+    assert not loaded & set(absent), sorted(loaded & set(absent))
