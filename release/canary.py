@@ -168,10 +168,8 @@ def publish_final(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, e
     final = candidate.with_updates(state=state, gate=gate_record, steps=(*steps, *extra))
     priv, _ = signing_key(env, req.production)
     fault_point("publish")
-    publish_signed(store, tag, final, priv)
-    result = FinalResult(step=extra[-1], state=state.value, manifest_uri=uri)
-    save_result(store, tag, result)
-    return result
+    publish_signed(store, tag, final, priv)  # the final step records live in the manifest itself
+    return FinalResult(step=extra[-1], state=state.value, manifest_uri=uri)
 
 
 def promote(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client_factory: SshFactory = None) -> FinalResult:

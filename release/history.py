@@ -86,16 +86,22 @@ class History:
             self._records.append(record)
         return list(self._records)
 
-    def append(self, **fields: Any) -> HistoryRecord:
+    def append(self, *, new_counter: bool = False, **fields: Any) -> HistoryRecord:
         """Append one record (seq, time and hashes are filled in). With ``idempotency_key`` set, a
-        record already carrying that key is returned instead of writing a second one."""
+        record already carrying that key is returned instead of writing a second one. With
+        ``new_counter`` the record allocates the next release counter, inside the same optimistic
+        append, so two writers racing for the same seq can never take the same counter either."""
         key = fields.get("idempotency_key")
+        published = self._published_counter() if new_counter else 0
         for _ in range(APPEND_ATTEMPTS):
             records = self.records()
             if key is not None:
                 for existing in records:
                     if existing.idempotency_key == key:
                         return existing
+            if new_counter:
+                used = (max(r.release_counter or 0, int(r.detail.get("entry_counter") or 0)) for r in records)
+                fields["release_counter"] = max(published, *used, 0) + 1
             prev = records[-1] if records else None
             record = HistoryRecord(
                 seq=(prev.seq + 1) if prev else 1, at=dt.datetime.now(dt.UTC),
@@ -118,15 +124,19 @@ class History:
     def counter_of(self, tag: str) -> int | None:
         return next((r.release_counter for r in self.for_tag(tag) if r.release_counter is not None), None)
 
-    def next_counter(self) -> int:
-        """One more than any counter ever allocated or published: never reused, even for a crashed candidate."""
-        highest = max((r.release_counter or 0 for r in self.records()), default=0)
+    def _published_counter(self) -> int:
         from release.manifest import ReleaseManifest
 
+        highest = 0
         for tag in self.store.list_published():
-            manifest = ReleaseManifest.from_json(self.store.get_bytes(tag, MANIFEST_NAME))
-            highest = max(highest, manifest.release_counter)
-        return highest + 1
+            highest = max(highest, ReleaseManifest.from_json(self.store.get_bytes(tag, MANIFEST_NAME)).release_counter)
+        return highest
+
+    def next_counter(self) -> int:
+        """One more than any counter ever allocated, used by an entry, or published: never reused,
+        even for a crashed candidate."""
+        used = (max(r.release_counter or 0, int(r.detail.get("entry_counter") or 0)) for r in self.records())
+        return max(self._published_counter(), *used, 0) + 1
 
     def for_device(self, device: str) -> list[HistoryRecord]:
         """The per-device ledger: every record about this device, oldest first."""

@@ -109,9 +109,8 @@ def create(history: History, tag: str, *, device: str | None, actor: str, reason
     existing = history.for_tag(tag)
     if existing:
         return existing[0]
-    counter = history.next_counter()
     return history.append(release_tag=tag, device=device, event=E.CREATED.value, from_state=None,
-                          to_state=S.DRAFT.value, release_counter=counter, actor=actor, reason=reason,
+                          to_state=S.DRAFT.value, new_counter=True, actor=actor, reason=reason,
                           idempotency_key=f"{tag}:created")
 
 

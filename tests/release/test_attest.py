@@ -10,21 +10,27 @@ import json
 
 import pytest
 
-from release import pipeline_steps as steps
 from release.bundle_signing import KeyBundleSigner, KeylessBundleSigner, verify_bundle
 from release.cli import main
 from release.errors import IntegrityError, InvalidInput, StepFailed
 from release.manifest import StepRecord
-from release.pipeline import attest_release
-from release.states import ReleaseState
+from release.canary import publish_final
+from release.history import History
+from release.operations import attest_release
+from release.states import ReleaseEvent, advance
+
+
+def _settle(bed, tag: str, *events: ReleaseEvent) -> None:
+    """Drive a built release through ``events`` in the history and publish its final manifest."""
+    for event in (ReleaseEvent.DEPLOYED, *events):
+        advance(History(bed.store), tag, event, actor="pytest")
+    publish_final(bed.request(tag), bed.env, bed.store, [StepRecord(name=events[-1].value, status="real", reason="test")])
 
 
 @pytest.fixture
 def published(testbed):
     testbed.build("v1")
-    req = testbed.request("v1")
-    steps._publish_final(req, testbed.env, testbed.store, ReleaseState.PROMOTED,
-                         [StepRecord(name="promote", status="real", reason="test")])
+    _settle(testbed, "v1", ReleaseEvent.GATE_PASS, ReleaseEvent.PROMOTE)
     return testbed
 
 
@@ -47,8 +53,7 @@ def test_attest_signs_exactly_the_verified_bundle(published, tmp_path):
 def test_only_promoted_releases_are_attested(published, tmp_path):
     bed = published
     bed.build("v2")
-    steps._publish_final(bed.request("v2"), bed.env, bed.store, ReleaseState.ROLLED_BACK,
-                         [StepRecord(name="rollback", status="real", reason="test")])
+    _settle(bed, "v2", ReleaseEvent.GATE_FAIL, ReleaseEvent.ROLLBACK)
     with pytest.raises(InvalidInput, match="only a promoted release"):
         attest_release(bed.env, bed.store, tag="v2", output_dir=tmp_path / "a",
                        signer=KeyBundleSigner(bed.env.keys_dir / "release-signing.key"))

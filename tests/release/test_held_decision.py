@@ -11,10 +11,11 @@ import urllib.request
 import pytest
 import yaml
 
-from release.errors import InvalidInput, StepFailed, TransitionError
-from release.ledger import Ledger
+from release.errors import InvalidInput, TransitionError
+from release.history import History
 from release.manifest import ReleaseManifest
-from release.pipeline import decide_held, run_all
+from release.operations import decide_held, status
+from release.pipeline import run_all
 from release.pipeline_env import PipelineEnv
 from release.store import MANIFEST_NAME
 from tests.fixtures.testbed import free_port
@@ -33,9 +34,13 @@ def held_bed(testbed):
     return testbed, spec
 
 
-def _release(bed, tag: str) -> dict:
+def _release(bed, tag: str):
     req = bed.request(tag, config_version=f"cfg-{tag}", device="pi-held", gate_overrides={"duration_s": 5})
     return run_all(req, bed.env, bed.store, say=lambda _msg: None)
+
+
+def _gate(outcome) -> dict:
+    return outcome.results["gate"].gate.model_dump()
 
 
 def _health(spec) -> dict:
@@ -50,13 +55,17 @@ def _manifest(bed, tag: str) -> ReleaseManifest:
 def test_held_release_rejected_then_another_approved(held_bed):
     bed, spec = held_bed
     first = _release(bed, "v1")
-    assert first["report"]["state"] == "promoted", first["gate"]
+    assert first.state.value == "promoted" and first.exit_code == 0, _gate(first)
 
     held = _release(bed, "held-1")
-    assert held["gate"]["verdict"] == "inconclusive"
-    assert any("server-side histogram" in r for r in held["gate"]["reasons"])
-    assert held["report"]["state"] == "held"
+    assert _gate(held)["verdict"] == "inconclusive"
+    assert any("server-side histogram" in r for r in _gate(held)["reasons"])
+    assert held.state.value == "held" and held.exit_code == 11
     assert _health(spec)["config_version"] == "cfg-held-1"  # the held canary keeps serving
+    device = status(bed.env, bed.store, "pi-held")
+    assert device.agrees, device.disagreements
+    # Its lease now runs to the hold window: a human has a day, not the gate's margin.
+    assert device.device_view["lease"]["lease_s"] == 86400
 
     with pytest.raises(InvalidInput, match="needs a reason"):
         decide_held(bed.env, bed.store, device="pi-held", tag="held-1", decision="reject", reason=" ", decided_by="t")
@@ -75,7 +84,7 @@ def test_held_release_rejected_then_another_approved(held_bed):
     assert entry.kind == "decision" and entry.points_to_release_tag == "held-1" and entry.state.value == "rolled_back"
     assert entry.release_counter > _manifest(bed, "held-1").release_counter
     assert _manifest(bed, "held-1").state.value == "held"  # published manifests are never rewritten
-    with pytest.raises(InvalidInput, match="already decided"):
+    with pytest.raises(TransitionError, match="rolled_back cannot take event approve"):
         decide_held(bed.env, bed.store, device="pi-held", tag="held-1", decision="approve", reason="x", decided_by="t")
 
     _release(bed, "held-2")
@@ -84,15 +93,14 @@ def test_held_release_rejected_then_another_approved(held_bed):
     assert approved["state"] == "promoted"
     assert _health(spec)["config_version"] == "cfg-held-2"
 
-    ledger = Ledger(bed.env.ledger_dir)
-    assert ledger.verify("pi-held") == len(ledger.entries("pi-held"))
-    events = [(e.event, e.tag) for e in ledger.entries("pi-held")]
-    assert ("rollback", "v1") in events and events[-1] == ("promote", "held-2")
-    assert ledger.current("pi-held").tag == "held-2"
+    history = History(bed.store)
+    ledger = [(r.release_tag, r.event, r.to_state) for r in history.for_device("pi-held")]
+    assert ("held-1", "rollback", "rolled_back") in ledger and ledger[-1] == ("held-2", "approve", "promoted")
+    rejected_record = next(r for r in history.for_tag("held-1") if r.event == "rollback")
+    assert rejected_record.detail["restored"] == "v1"
     # The approved release is now last-known-good: the next candidate's baseline points at it.
-    from release import pipeline_steps as steps
-
-    assert steps.last_promoted(bed.env, "pi-held") == "held-2"
+    assert history.last_known_good("pi-held")[0] == "held-2"
+    assert status(bed.env, bed.store, "pi-held").agrees
 
 
 def test_decision_refused_when_device_moved_on(held_bed):
@@ -100,8 +108,10 @@ def test_decision_refused_when_device_moved_on(held_bed):
     _release(bed, "v1")
     _release(bed, "held-1")
     # On-call rolled the device back before the release manager answered.
-    from release.pipeline import rollback_device
+    from release.operations import rollback_device
 
     rollback_device(bed.env, bed.store, device="pi-held", to="v1", reason="on-call", triggered_by="t")
-    with pytest.raises(StepFailed, match="no longer runs the held release"):
+    assert History(bed.store).state_of("held-1") == "rolled_back"
+    with pytest.raises(TransitionError, match="rolled_back cannot take event approve"):
         decide_held(bed.env, bed.store, device="pi-held", tag="held-1", decision="approve", reason="ok", decided_by="t")
+    assert status(bed.env, bed.store, "pi-held").agrees

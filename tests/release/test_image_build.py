@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from release import pipeline_steps as steps
+from release import build_steps as steps
 from release.errors import InvalidInput, StepFailed
 from release.image_build import build_and_push, hailort_wheel_version
 from release.pipeline_env import PipelineEnv
