@@ -86,8 +86,9 @@ def main() -> int:
         sock = _bind(host, cfg.port)
         import uvicorn
 
-        # ws="none": the default "auto" imports the websockets library (~9 ms here) for a server with no WebSocket route.
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none"))
+        # ws="none": the default "auto" imports the websockets library (~9 ms here) for a server with no WebSocket
+        # route; proxy_headers=False: nothing proxies EdgeInfer's calls, so no X-Forwarded-* rewriting per request.
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none", proxy_headers=False))
     except Exception as exc:
         print(refusal(exc), file=sys.stderr, flush=True)
         return 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -150,6 +151,48 @@ class StubBackend:
         return latents, motifs
 
 
+_ARCH_LINE = re.compile(r"Device Architecture:\s*(\S+)")
+
+
+class Identify:
+    """`hailortcli fw-control identify` (read "Device Architecture:", not the board name), started
+    as soon as the hailo backend is chosen so the CLI runs on another core while numpy and
+    hailo_platform import, instead of adding its whole run time to the cold start."""
+
+    def __init__(self, hailortcli: str = "hailortcli") -> None:
+        import shutil
+        import subprocess
+
+        exe = shutil.which(hailortcli)
+        if exe is None:
+            raise BackendError("hailortcli not found: install HailoRT 4.x matching the host's hailo_pci driver")
+        self._proc = subprocess.Popen(
+            [exe, "fw-control", "identify"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def result(self, timeout: float = 10) -> str:
+        import subprocess
+
+        try:
+            out, err = self._proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            raise BackendError(f"hailortcli fw-control identify did not answer within {timeout:.0f} s") from None
+        match = _ARCH_LINE.search(out)
+        if self._proc.returncode != 0 or match is None:
+            raise BackendError(
+                f"hailortcli fw-control identify failed (exit {self._proc.returncode}): {err.strip()[-300:]}"
+            )
+        return match.group(1).strip().lower().replace("_", "")
+
+
+def device_architecture(hailortcli: str = "hailortcli") -> str:
+    """The device architecture from `hailortcli fw-control identify`."""
+    return Identify(hailortcli).result()
+
+
 def _onnx(cfg: SidecarConfig) -> OnnxBackend:
     from hailo_sidecar.runtimes import OnnxBackend
 
@@ -157,9 +200,11 @@ def _onnx(cfg: SidecarConfig) -> OnnxBackend:
 
 
 def _hailo(cfg: SidecarConfig, hef: HefState) -> HailoBackend:
+    usable = hef.info is not None and hef.info.kind != "placeholder" and cfg.hailo_device.exists()
+    identify = Identify() if usable and importlib.util.find_spec("hailo_platform") is not None else None
     from hailo_sidecar.runtimes import HailoBackend
 
-    return HailoBackend(cfg, hef)
+    return HailoBackend(cfg, hef, identify)
 
 
 def _hef_usable(hef: HefState) -> str | None:

@@ -1,7 +1,8 @@
-"""Build-time generator of the sidecar's OpenAPI document and /docs page (FastAPI is a build-time
-dependency only: importing it cost ~370 ms of the old cold start).
+"""Build-time generator of the sidecar's prebuilt files: the OpenAPI document and /docs page (FastAPI
+is a build-time dependency only: importing it cost ~370 ms of the old cold start), and golden.npy,
+the warm-up windows (so the real backends' warm-up does not import numpy.random).
 
-    python -m hailo_sidecar.openapi_gen          # rewrite hailo_sidecar/openapi.json and docs.html
+    python -m hailo_sidecar.openapi_gen          # rewrite hailo_sidecar/openapi.json, docs.html, golden.npy
     python -m hailo_sidecar.openapi_gen --check  # exit 1 when the committed files are stale
 
 The routes are declared here with FastAPI exactly as the old run-time app declared them, plus the
@@ -91,7 +92,15 @@ def build_documents() -> dict[str, bytes]:
     app = build_app()
     spec = json.dumps(app.openapi(), indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
     html = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{TITLE} - Swagger UI").body
-    return {"openapi.json": spec, "docs.html": bytes(html)}
+    import io
+
+    import numpy as np
+
+    from hailo_sidecar.runtimes import golden_windows
+
+    golden = io.BytesIO()
+    np.save(golden, golden_windows(8, prebuilt=False), allow_pickle=False)
+    return {"openapi.json": spec, "docs.html": bytes(html), "golden.npy": golden.getvalue()}
 
 
 def main(argv: list[str] | None = None) -> int:

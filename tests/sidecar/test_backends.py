@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 from hailo_sidecar.app import inspect_hef_path
-from hailo_sidecar.backends import BackendError, Selection, select_backend
+from hailo_sidecar.backends import BackendError, Selection, device_architecture, select_backend
 from hailo_sidecar.config import ConfigError, SidecarConfig
-from hailo_sidecar.runtimes import device_architecture
 
 from release.sample_model import golden_windows, write_sample_model
 

@@ -2,7 +2,9 @@
 
 import json
 import logging
+from pathlib import Path
 
+import hailo_sidecar
 import numpy as np
 import orjson
 import pytest
@@ -111,7 +113,10 @@ def test_unknown_route_and_method(client):
 
 
 def test_sidecar_golden_windows_equal_the_release_ones():
+    """The prebuilt golden.npy, and the generator behind it, match release.sample_model's windows."""
     assert np.array_equal(sidecar_golden(8), golden_windows(8))
+    assert np.array_equal(sidecar_golden(8, prebuilt=False), golden_windows(8))
+    assert build_documents()["golden.npy"] == (Path(hailo_sidecar.__file__).parent / "golden.npy").read_bytes()
 
 
 def test_json_formatter_keeps_tracebacks():
