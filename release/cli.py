@@ -21,7 +21,7 @@ from release.errors import ReleaseError
 from release.progress import Progress
 
 # Subcommands that live in their own modules: each exposes register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("release.cli_trigger",)
+COMMAND_MODULES: tuple[str, ...] = ("release.cli_trigger", "release.github_setup")
 
 EXIT_INTERNAL = 70
 Handler = Callable[[argparse.Namespace], int]
