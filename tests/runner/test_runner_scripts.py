@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.services import need_binary
+
 RUNNER = Path(__file__).resolve().parents[2] / "runner"
 SCRIPTS = sorted(RUNNER.glob("*.sh"))
 
@@ -90,18 +92,9 @@ def test_systemd_units(unit):
         assert service["Environment"] == "DOCKER_HOST=unix:///run/user/%U/docker.sock"
 
 
-def _systemd_analyze() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze is required in CI (apt-get install systemd)")
-        pytest.skip("systemd-analyze is not installed")
-    return tool
-
-
 @pytest.mark.parametrize("unit", UNITS)
 def test_systemd_units_exposure_at_most_5(unit):
-    res = subprocess.run([_systemd_analyze(), "security", "--offline=true", str(RUNNER / "systemd" / unit)],
+    res = subprocess.run([need_binary("systemd-analyze"), "security", "--offline=true", str(RUNNER / "systemd" / unit)],
                          capture_output=True, text=True, timeout=60)
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout + res.stderr)
     assert m, res.stdout + res.stderr

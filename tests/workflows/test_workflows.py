@@ -12,7 +12,6 @@ double: GitHub itself is not reachable from here).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.fixtures.services import need_binary
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -44,15 +45,6 @@ def _step(job: dict, name_part: str) -> dict:
     matches = [s for s in job["steps"] if name_part in s.get("name", "")]
     assert len(matches) == 1, f"no single step named like {name_part!r}"
     return matches[0]
-
-
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is required in CI (scripts/setup.sh APT_PACKAGES)")
-        pytest.skip(f"{tool} is not installed")
-    return path
 
 
 def test_expected_workflows_exist():
@@ -434,7 +426,7 @@ def test_pr_body_edit_does_not_rerun_tests():
 
 
 def test_rollback_step_records_the_triggering_actor(tmp_path):
-    _need("jq")
+    need_binary("jq")
     step = _step(_wf("rollback.yml")["jobs"]["rollback"], "Trigger hailo_rollback")
     assert step["env"]["TRIGGERING_ACTOR"] == "${{ github.triggering_actor }}"
     venv = tmp_path / ".venv" / "bin"
