@@ -285,7 +285,7 @@ def _assert_safe_everywhere(value: str) -> None:
     assert value.isascii() and value.isprintable() and not any(ch.isspace() for ch in value)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.from_regex(re.compile(TAG_BODY, re.ASCII), fullmatch=True), st.text(max_size=140)))
 def test_whatever_the_tag_grammar_accepts_is_safe(text):
     try:
@@ -296,7 +296,7 @@ def test_whatever_the_tag_grammar_accepts_is_safe(text):
     assert OCI_TAG.fullmatch(tag)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.from_regex(re.compile(r"[a-z0-9][a-z0-9-]{0,70}", re.ASCII), fullmatch=True), st.text(max_size=70)))
 def test_whatever_the_device_grammar_accepts_is_safe(text):
     try:
@@ -311,7 +311,7 @@ _SLUGGY = st.from_regex(re.compile(CONTINUITY_BODY.replace("[0-9]{4}-[0-9]{2}-[0
                                    re.ASCII), fullmatch=True)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(st.one_of(_SLUGGY, st.text(max_size=160)),
        st.one_of(st.from_regex(re.compile(TAG_BODY, re.ASCII), fullmatch=True), st.text(max_size=80)))
 def test_whatever_the_continuity_grammar_accepts_makes_safe_run_ids(text, suffix):
@@ -332,7 +332,7 @@ def test_whatever_the_continuity_grammar_accepts_makes_safe_run_ids(text, suffix
     _assert_safe_everywhere(run_id)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.text(max_size=300))
 def test_find_in_only_returns_what_parse_accepts(text):
     try:
