@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from release.faults import fault_point
 from release.gate_probe import (
     InferBodyCheck,
     ProbeError,
@@ -315,6 +316,9 @@ def canary_parity(base_url: str, windows: np.ndarray, reference: dict[str, np.nd
         return parity_checks(canary_outputs(base_url, windows, timeout), reference, s)
     except ProbeError as exc:
         return [parity_failure(str(exc))]
+    except Exception as exc:  # not the canary's answer, but parity is still unmeasured: fail, never pass
+        log.exception("parity check against %s failed unexpectedly", base_url)
+        return [parity_failure(f"could not be measured: {describe(exc)}")]
 
 
 def run_gate(
@@ -339,10 +343,12 @@ def run_gate(
 
 def _run_gate(base_url: str, settings: GateSettings, windows: np.ndarray, reference: dict[str, np.ndarray] | None,
               baseline_latencies: Sequence[float] | None, probe_timeout_s: float) -> GateReport:
+    fault_point("gate_parity")
     parity = canary_parity(base_url, windows, reference, settings, probe_timeout_s) if reference is not None else None
     lengths = [int(np.shape(reference[k])[-1]) for k in OUTPUT_KEYS] if reference is not None else [None, None]
     before, metrics_problem = _scrape(base_url, probe_timeout_s)
     extra: list[Check] = []
+    fault_point("gate_load")
     try:
         samples = run_open_loop(
             base_url, windows, rate=settings.load.rate_windows_per_s, duration_s=settings.load.duration_s,
@@ -353,6 +359,7 @@ def _run_gate(base_url: str, settings: GateSettings, windows: np.ndarray, refere
         samples = []
         extra.append(Check(name="load", outcome="fail", measured=None, limit="-",
                            reason=f"no load could be sent to the canary: {describe(exc)}"))
+    fault_point("gate_metrics")
     after, after_problem = _scrape(base_url, probe_timeout_s)
     server_p95 = histogram_quantile(before, after, 0.95) if before is not None and after is not None else None
     if server_p95 is not None and not math.isfinite(server_p95):

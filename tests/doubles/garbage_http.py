@@ -10,6 +10,7 @@ Modes:
   json422    422 with the sidecar's JSON error body (a canary refusing its own non-finite output)
   nulls      a well-formed 200 JSON answer whose numbers are null (NaN as some encoders write it)
   silent     read the request and never answer (until the server stops)
+  drip       200 with content-length 1000, then one byte every 0.1 s: never a read timeout, never done
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-MODES = ("reset", "nothttp", "truncated", "badchunk", "nonjson", "json422", "nulls", "silent")
+MODES = ("reset", "nothttp", "truncated", "badchunk", "nonjson", "json422", "nulls", "silent", "drip")
 
 
 def _response(status: str, body: bytes, ctype: bytes = b"application/json") -> bytes:
@@ -70,6 +71,13 @@ class _Handler(socketserver.StreamRequestHandler):
             sock.sendall(_response("200 OK", b'{"latent": [null, null], "motif_scores": [null]}'))
         elif mode == "silent":
             self.server.stopping.wait()
+        elif mode == "drip":
+            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ncontent-type: application/json\r\n\r\n")
+            while not self.server.stopping.wait(0.1):
+                try:
+                    sock.sendall(b" ")
+                except OSError:
+                    return
 
 
 class _Server(socketserver.ThreadingTCPServer):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from release.errors import ConfigError
 from release.gate import analyse, baseline_check, histogram_quantile, parity_checks, scrape_histogram
-from release.gate_probe import ProbeError
+from release.gate_probe import InferBodyCheck, ProbeError, error_body_summary
 from release.gate_settings import GateSettings, Verdict, settings_with_overrides
 from release.loadgen import Sample
 
@@ -121,6 +125,28 @@ def test_parity_fails_with_a_reason_on_wrong_outputs_instead_of_raising(outputs,
 
 def test_parity_accepts_json_lists():
     assert all(c.outcome == "pass" for c in parity_checks(_as_json(REF), REF, S))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=10) | st.dictionaries(st.sampled_from(["latent", "motif_scores", "x"]), inner),
+    max_leaves=60,
+)
+SMALL_REF = {"latent": _rng().normal(size=(2, 3)), "motif_scores": _rng(1).random((2, 4))}
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_parity_never_raises_on_any_json_value(doc):
+    checks = parity_checks(doc, SMALL_REF, S)
+    assert checks and all(c.outcome in ("pass", "fail") for c in checks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), _JSON.map(lambda d: json.dumps(d).encode())))
+def test_infer_body_check_and_error_summary_never_raise(data):
+    assert isinstance(InferBodyCheck(3, 4)(data), str)
+    assert isinstance(error_body_summary(data), str)
 
 
 def test_failed_samples_carry_their_reason_into_the_error_rate_check():

@@ -152,7 +152,7 @@ def test_raw_garbage_fails_the_gate_instead_of_raising(reference, mode):
     assert _check(report, "server_agreement").outcome == "inconclusive"
     if mode == "json422":
         assert "HTTP 422 (non_finite_output: outside the model's numeric range)" in parity.reason
-    if mode == "silent":
+    if mode in ("silent", "drip"):
         assert "no complete answer within 2 s" in parity.reason
 
 
@@ -170,3 +170,14 @@ def test_a_target_the_load_generator_refuses_still_yields_a_report(reference):
     assert report.verdict is Verdict.FAIL
     assert _check(report, "load").outcome == "fail"
     assert "must be http://" in _check(report, "parity_outputs").reason
+
+
+def test_a_fault_inside_the_gate_still_yields_a_failed_report(reference, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug in the metrics code")
+
+    monkeypatch.setattr("release.gate._scrape", broken)
+    with garbage_server("nonjson") as url:
+        report = _gate(url, reference)
+    assert report.verdict is Verdict.FAIL
+    assert "RuntimeError: bug in the metrics code" in _check(report, "gate").reason
