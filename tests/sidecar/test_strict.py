@@ -142,7 +142,7 @@ def test_body_orjson_roundtrip_of_big_ints(client):
 
 
 @pytest.mark.parametrize(("mode", "absent"), [
-    ("stub", ["numpy", "onnxruntime", "fastapi", "starlette", "pydantic", "prometheus_client", "websockets"]),
+    ("stub", ["numpy", "onnxruntime", "fastapi", "starlette", "pydantic", "prometheus_client", "websockets", "click"]),
     ("onnx", ["fastapi", "starlette", "pydantic", "prometheus_client", "websockets", "hailo_platform"]),
 ])
 def test_cold_path_imports_only_what_the_backend_needs(model_dir, mode, absent):
@@ -156,8 +156,9 @@ def test_cold_path_imports_only_what_the_backend_needs(model_dir, mode, absent):
         "from hailo_sidecar.config import SidecarConfig\n"
         "from hailo_sidecar.app import create_app, load\n"
         "app = create_app(SidecarConfig.from_env()); load(app.sidecar)\n"
-        "import uvicorn\n"
-        "uvicorn.Config(app, lifespan='off', ws='none', log_config=None).load()\n"
+        "from hailo_sidecar.__main__ import _uvicorn\n"
+        "config, server = _uvicorn()\n"
+        "config(app, lifespan='off', ws='none', log_config=None, proxy_headers=False).load()\n"
         "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
     )
     env = {"MODEL_DIR": str(model_dir), "INFER_MODE": mode, "HAILO_SIDECAR_ALLOW_AMD64": "1", "PATH": "/usr/bin:/bin"}
