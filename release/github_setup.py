@@ -1,12 +1,16 @@
-"""`hailo-release check-github`: what the GitHub REST API can report about the settings the trust
-boundary relies on (docs/github-setup.md), and what is missing.
+"""GitHub REST API commands for the trust boundary (docs/github-setup.md).
 
-Read-only: only GET requests. The token comes from the environment (GITHUB_TOKEN or GH_TOKEN),
-never from argv. Standard library only. Exit codes: 0 every required setting verified;
+`hailo-release check-github`: what the API can report about the settings the boundary relies on,
+and what is missing. Read-only: only GET requests. Exit codes: 0 every required setting verified;
 1 a required setting is missing or could not be read (the output says which and why);
-2 bad arguments.
+2 bad arguments. Each check names what breaks without it; the same names head the sections of
+the setup document.
 
-Each check names what breaks without it; the same names head the sections of the setup document.
+`hailo-release runner-jitconfig`: mint a just-in-time (single-job) runner configuration in an
+organisation runner group and print it to stdout for `runner/register_runner.sh --jit`.
+
+The token comes from the environment (GITHUB_TOKEN or GH_TOKEN), never from argv. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class Finding:
 
 class ApiError(Exception):
     def __init__(self, status: int, path: str, message: str) -> None:
-        super().__init__(f"HTTP {status} for GET {path}: {message}")
+        super().__init__(f"HTTP {status} for {path}: {message}")
         self.status = status
 
 
@@ -70,8 +74,11 @@ class GitHubApi:
         self.token = token
         self.timeout_s = timeout_s
 
-    def _open(self, url: str) -> tuple[Any, str | None]:
-        req = urllib.request.Request(url, method="GET")
+    def _open(self, url: str, body: dict[str, Any] | None = None) -> tuple[Any, str | None]:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
         req.add_header("Accept", "application/vnd.github+json")
         req.add_header("X-GitHub-Api-Version", "2022-11-28")
         req.add_header("User-Agent", "hailo-release-check-github")
@@ -93,6 +100,9 @@ class GitHubApi:
 
     def get(self, path: str) -> Any:
         return self._open(f"{self.base}{path}")[0]
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._open(f"{self.base}{path}", body)[0]
 
     def get_all(self, path: str, key: str) -> list[Any]:
         """All items of a paginated list endpoint whose body is {"total_count": n, key: [...]}."""
@@ -353,6 +363,11 @@ def report_lines(findings: list[Finding]) -> Iterator[str]:
 
 
 def register(sub: Any) -> None:
+    register_check(sub)
+    register_jitconfig(sub)
+
+
+def register_check(sub: Any) -> None:
     p = sub.add_parser("check-github", help="check the GitHub settings the release trust boundary relies on",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", default=os.environ.get("GITHUB_REPOSITORY"), help="OWNER/NAME (default: $GITHUB_REPOSITORY)")
@@ -365,7 +380,7 @@ def register(sub: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     if not args.repo:
         raise InvalidInput("--repo OWNER/NAME is required (or set GITHUB_REPOSITORY)")
-    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    token = _token()
     if not token:
         print("warning: no GITHUB_TOKEN/GH_TOKEN in the environment: most settings will be UNKNOWN", file=sys.stderr)
     checker = Checker(GitHubApi(args.api_url, token), args.repo, args.org)
@@ -376,3 +391,64 @@ def handle(args: argparse.Namespace) -> int:
         for line in report_lines(findings):
             print(line)
     return 0 if findings and all(f.passed for f in findings) else 1
+
+
+# --- just-in-time runner configuration ---------------------------------------------------------
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+
+
+def generate_jitconfig(api: GitHubApi, *, org: str, group: str, label: str, name: str) -> str:
+    """A single-job runner configuration for `name` in runner group `group`, with labels
+    self-hosted + `label` (POST /orgs/{org}/actions/runners/generate-jitconfig)."""
+    if not _ORG_RE.fullmatch(org):
+        raise InvalidInput(f"--org must be an organisation login, got {org!r}")
+    if label not in RUNNER_WORKFLOWS:
+        raise InvalidInput(f"--label must be one of {sorted(RUNNER_WORKFLOWS)}, got {label!r}")
+    for what, value in (("--group", group), ("--name", name)):
+        if not _NAME_RE.fullmatch(value):
+            raise InvalidInput(f"{what} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}, got {value!r}")
+    groups = [g for g in api.get_all(f"/orgs/{_q(org)}/actions/runner-groups", "runner_groups") if g.get("name") == group]
+    if len(groups) != 1:
+        raise InvalidInput(f"organisation {org} has no runner group named {group!r}")
+    if groups[0].get("default"):
+        raise InvalidInput(f"runner group {group!r} is the default group: it cannot be limited to one workflow")
+    body = api.post(f"/orgs/{_q(org)}/actions/runners/generate-jitconfig",
+                    {"name": name, "runner_group_id": int(groups[0]["id"]), "labels": ["self-hosted", label],
+                     "work_folder": "_work"})
+    config = body.get("encoded_jit_config") if isinstance(body, dict) else None
+    if not isinstance(config, str) or not re.fullmatch(r"[A-Za-z0-9+/=_-]{16,}", config):
+        raise ApiError(0, "generate-jitconfig", "the response holds no encoded_jit_config")
+    return config
+
+
+def _token() -> str | None:
+    return os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+
+
+def register_jitconfig(sub: Any) -> None:
+    p = sub.add_parser("runner-jitconfig", help="mint a single-job runner configuration (pipe it to register_runner.sh --jit)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--org", required=True, help="organisation that holds the runner group")
+    p.add_argument("--group", required=True, help="runner group, e.g. hailo-builder")
+    p.add_argument("--label", required=True, choices=sorted(RUNNER_WORKFLOWS))
+    p.add_argument("--name", required=True, help="runner name, e.g. builder01-hailo-builder")
+    p.add_argument("--api-url", default=os.environ.get("GITHUB_API_URL", DEFAULT_API))
+    p.set_defaults(handler=handle_jitconfig)
+
+
+def handle_jitconfig(args: argparse.Namespace) -> int:
+    token = _token()
+    if not token:
+        raise InvalidInput("set GITHUB_TOKEN (organisation self-hosted runners: write) in the environment")
+    if sys.stdout.isatty():
+        raise InvalidInput("the JIT configuration is a credential: pipe it into runner/register_runner.sh --jit")
+    api = GitHubApi(args.api_url, token)
+    try:
+        config = generate_jitconfig(api, org=args.org, group=args.group, label=args.label, name=args.name)
+    except ApiError as exc:
+        print(f"hailo-release: error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(config + "\n")
+    print(f"minted a JIT configuration for runner {args.name} in group {args.group} ({args.org})", file=sys.stderr)
+    return 0

@@ -32,9 +32,11 @@ def _recorded() -> dict[str, Any]:
 class FakeGitHub:
     """Serves {path: body} (or {path: (status, body)}); records every request."""
 
-    def __init__(self, responses: dict[str, Any]) -> None:
+    def __init__(self, responses: dict[str, Any], post_responses: dict[str, Any] | None = None) -> None:
         self.responses = responses
+        self.post_responses = post_responses or {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.posted: list[tuple[str, Any]] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,8 +56,15 @@ class FakeGitHub:
 
             def do_POST(self) -> None:
                 fake.requests.append(("POST", self.path, {k.lower(): v for k, v in self.headers.items()}))
-                self.send_response(405)
+                length = int(self.headers.get("Content-Length") or 0)
+                fake.posted.append((self.path, json.loads(self.rfile.read(length) or b"null")))
+                body = fake.post_responses.get(self.path)
+                data = json.dumps(body).encode()
+                self.send_response(201 if body is not None else 405)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                self.wfile.write(data)
 
             do_PUT = do_PATCH = do_DELETE = do_POST
 
@@ -274,9 +283,7 @@ def test_report_lines_say_what_breaks(responses):
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in {"GITHUB_TOKEN", "GH_TOKEN", "GITHUB_REPOSITORY"}}
-    return subprocess.run([sys.executable, "-m", "release.cli", "check-github", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, env={**base, **env}, timeout=120)
+    return _cli_cmd(["check-github", *args], env)
 
 
 def test_cli_exit_codes_and_token_from_env(responses):
@@ -308,3 +315,71 @@ def test_setup_document_names_every_check(responses):
     findings, _ = _check(responses)
     for name in findings:
         assert f"`{name}`" in doc, f"docs/github-setup.md does not explain the check {name!r}"
+
+
+# --- runner-jitconfig ---------------------------------------------------------------------------
+
+JIT = "eyJhIjoiYiJ9" * 8
+JIT_PATH = "/orgs/acme/actions/runners/generate-jitconfig"
+JIT_RESPONSE = {
+    "runner": {"id": 23, "name": "builder01-hailo-builder", "os": "unknown", "status": "offline", "busy": False,
+               "labels": [{"id": 1, "name": "self-hosted", "type": "read-only"}, {"id": 7, "name": "hailo-builder", "type": "custom"}]},
+    "encoded_jit_config": JIT,
+}
+
+
+def _jit_cli(gh: FakeGitHub, *extra: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {"GITHUB_TOKEN": token} if token else {}
+    return _cli_cmd(["runner-jitconfig", "--org", "acme", "--group", "hailo-builder", "--label", "hailo-builder",
+                     "--name", "builder01-hailo-builder", "--api-url", gh.url, *extra], env)
+
+
+def _cli_cmd(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in {"GITHUB_TOKEN", "GH_TOKEN", "GITHUB_REPOSITORY"}}
+    return subprocess.run([sys.executable, "-m", "release.cli", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env={**base, **env}, timeout=120)
+
+
+def test_runner_jitconfig_mints_in_the_named_group_and_prints_only_the_config(responses):
+    with FakeGitHub(responses, {JIT_PATH: JIT_RESPONSE}) as gh:
+        res = _jit_cli(gh)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == JIT + "\n" and JIT not in res.stderr
+    assert gh.posted == [(JIT_PATH, {"name": "builder01-hailo-builder", "runner_group_id": 2,
+                                     "labels": ["self-hosted", "hailo-builder"], "work_folder": "_work"})]
+    post_headers = next(h for m, _, h in gh.requests if m == "POST")
+    assert post_headers["authorization"] == f"Bearer {TOKEN}" and post_headers["content-type"] == "application/json"
+
+
+def test_runner_jitconfig_output_feeds_register_runner(responses, tmp_path):
+    with FakeGitHub(responses, {JIT_PATH: JIT_RESPONSE}) as gh:
+        res = _jit_cli(gh)
+    reg = subprocess.run(["bash", str(REPO_ROOT / "runner" / "register_runner.sh"), "--jit", "--name", "hailo-builder",
+                          "--user", "nobody", "--dry-run"], input=res.stdout, capture_output=True, text=True, timeout=60)
+    assert reg.returncode == 0, reg.stderr
+    assert "ACTIONS_RUNNER_INPUT_JITCONFIG=***" in reg.stdout and JIT not in reg.stdout + reg.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--group", "nope"], "no runner group named 'nope'"),
+        (["--group", "Default"], "default group"),
+        (["--name", "../x"], "--name"),
+        (["--org", "acme;rm"], "--org"),
+    ],
+)
+def test_runner_jitconfig_refusals(responses, args, fragment):
+    with FakeGitHub(responses, {JIT_PATH: JIT_RESPONSE}) as gh:
+        res = _cli_cmd(["runner-jitconfig", "--org", "acme", "--group", "hailo-builder", "--label", "hailo-builder",
+                        "--name", "builder01-hailo-builder", "--api-url", gh.url, *args], {"GITHUB_TOKEN": TOKEN})
+    assert res.returncode == 2 and fragment in res.stderr, res.stderr
+    assert gh.posted == [] and res.stdout == ""
+
+
+def test_runner_jitconfig_needs_a_token_and_a_good_answer(responses):
+    with FakeGitHub(responses, {JIT_PATH: {"runner": {}, "encoded_jit_config": "x; rm -rf /"}}) as gh:
+        no_token = _jit_cli(gh, token=None)
+        bad_answer = _jit_cli(gh)
+    assert no_token.returncode == 2 and "GITHUB_TOKEN" in no_token.stderr
+    assert bad_answer.returncode == 1 and "no encoded_jit_config" in bad_answer.stderr and bad_answer.stdout == ""
