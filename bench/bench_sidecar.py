@@ -39,8 +39,6 @@ BATCH = 16
 
 NAIVE_APP = textwrap.dedent('''
     import os
-import shutil
-import statistics
     from typing import List
     import numpy as np, onnxruntime as ort
     from fastapi import FastAPI
