@@ -1,7 +1,7 @@
 """Named fault points on the canary's path, for fault drills (game days) and the fault-matrix tests.
 
 ``HAILO_FAULT_AT=<point>:<action>`` makes the orchestrator, on reaching ``<point>``:
-- ``raise``: raise an unexpected ``RuntimeError`` (not a ReleaseError), as a bug would;
+- ``raise``: raise an unexpected ``RuntimeError`` (not a ReleaseError), as a bug would, once;
 - ``pause``: write ``HAILO_FAULT_MARKER`` (a file path) and wait up to ``HAILO_FAULT_PAUSE_S``
   seconds (default 60), so the drill can do the real thing from outside at a known moment: SIGKILL
   the process, cut its connection to the device, stop the machine.
@@ -23,6 +23,9 @@ class InjectedFault(RuntimeError):
     """The fault a drill asked for; deliberately not a ReleaseError."""
 
 
+_fired: set[str] = set()
+
+
 def fault_point(name: str) -> None:
     spec = os.environ.get("HAILO_FAULT_AT")
     if not spec:
@@ -30,6 +33,9 @@ def fault_point(name: str) -> None:
     point, _, action = spec.partition(":")
     if point != name:
         return
+    if name in _fired:
+        return  # once per process: the fail-safe that follows runs the same code path unharmed
+    _fired.add(name)
     if action == "raise":
         raise InjectedFault(f"injected fault at {name}")
     if action == "pause":
@@ -37,3 +43,8 @@ def fault_point(name: str) -> None:
         if marker:
             Path(marker).write_text(f"{name} {os.getpid()}\n")
         time.sleep(float(os.environ.get("HAILO_FAULT_PAUSE_S", "60")))
+
+
+def reset() -> None:
+    """Arm every fault point again (a drill that runs several releases in one process)."""
+    _fired.clear()

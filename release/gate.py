@@ -20,7 +20,6 @@ inconclusive.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from collections import Counter
@@ -33,14 +32,16 @@ from pydantic import BaseModel, ConfigDict
 
 from release.faults import fault_point
 from release.gate_probe import (
+    METRICS_TIMEOUT_S,
+    PROBE_TIMEOUT_S,
+    REQUEST_METRIC,
     InferBodyCheck,
     ProbeError,
+    canary_outputs,
     clip,
     describe,
-    error_body_summary,
-    http_exchange,
-    load_json,
     outputs_problem,
+    scrape_histogram,
 )
 from release.gate_settings import GateSettings, Verdict
 from release.loadgen import Sample, run_open_loop
@@ -49,10 +50,7 @@ from release.manifest import GateRecord
 log = logging.getLogger(__name__)
 
 Outcome = Literal["pass", "fail", "inconclusive", "skipped"]
-REQUEST_METRIC = "sidecar_request_latency_seconds"
 OUTPUT_KEYS = ("latent", "motif_scores")
-PROBE_TIMEOUT_S = 10.0  # whole /infer/batch exchange; /metrics gets at most METRICS_TIMEOUT_S
-METRICS_TIMEOUT_S = 5.0
 
 
 class Check(BaseModel):
@@ -101,30 +99,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 # -- server-side histogram --------------------------------------------------------------------
-def scrape_histogram(base_url: str, endpoint: str = "/infer", timeout: float = 5.0) -> dict[float, float]:
-    """Cumulative bucket counts {le_seconds: count} of the sidecar's request latency histogram ({}
-    before the first request); ``ProbeError`` saying why when /metrics is missing, unreachable or
-    not Prometheus text."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status, data = http_exchange(base_url, "GET", "/metrics", timeout_s=timeout, max_bytes=8 << 20)
-    if status != 200:
-        raise ProbeError(f"GET /metrics: HTTP {status} ({error_body_summary(data)})")
-    buckets: dict[float, float] = {}
-    try:
-        for family in text_string_to_metric_families(data.decode()):
-            if family.name != REQUEST_METRIC:
-                continue
-            for s in family.samples:
-                if s.name == f"{REQUEST_METRIC}_bucket" and s.labels.get("endpoint") == endpoint:
-                    buckets[float(s.labels["le"])] = float(s.value)
-    except Exception as exc:  # the parser raises whatever garbage makes it raise
-        raise ProbeError(f"GET /metrics: not Prometheus text ({describe(exc)})") from None
-    if not all(math.isfinite(v) and v >= 0 for v in buckets.values()):
-        raise ProbeError(f"GET /metrics: {REQUEST_METRIC} has negative or non-finite bucket counts")
-    return buckets
-
-
 def _scrape(base_url: str, timeout: float) -> tuple[dict[float, float] | None, str]:
     # A canary without a readable /metrics is not a failed canary, but its client timings cannot be
     # cross-checked: analyse() turns the missing histogram into "inconclusive" (a human decides).
@@ -283,12 +257,22 @@ def analyse(
                             + (f" ({metrics_problem})" if metrics_problem else "")))
     else:
         gap = abs(server_p95_ms - p95)
-        # The client includes network and queueing time the server cannot see, so only a server
-        # p95 far above the client's, or a client far above the server plus tolerance, is contradictory.
         tolerance = s.server_client_tolerance_ms + 0.2 * p95
-        outcome: Outcome = "pass" if gap <= tolerance else "inconclusive"
+        said = f"client p95 {p95:.1f} ms vs server p95 {server_p95_ms:.1f} ms"
+        outcome: Outcome = "pass"
+        if server_p95_ms > p95 + tolerance:
+            # The server cannot see more time than the client waited: the timings contradict each other.
+            outcome, said = "inconclusive", f"{said}: the server saw more than the client waited"
+        elif p95 > server_p95_ms + tolerance:
+            # The client's extra is its own queueing and the network, which EdgeInfer on the device
+            # does not pay: its p95 is an upper bound, so within the limit it is a pass. Measured on a
+            # 2-core host at load 5.9: client 15.7 ms vs server 3.9 ms for a healthy canary.
+            within = p95 < s.p95_ms
+            outcome = "pass" if within else "inconclusive"
+            said += (": the client's upper bound meets the limit" if within
+                     else ": over the limit at the client only; the orchestrator or network may be the cause")
         checks.append(Check(name="server_agreement", outcome=outcome, measured=gap, limit=f"<= {tolerance:.1f} ms",
-                            reason=f"client p95 {p95:.1f} ms vs server p95 {server_p95_ms:.1f} ms"))
+                            reason=said))
     failed = [c.reason for c in checks if c.outcome == "fail"]
     unsure = [c.reason for c in checks if c.outcome == "inconclusive"]
     verdict = Verdict.FAIL if failed else Verdict.INCONCLUSIVE if unsure else Verdict.PASS
@@ -300,16 +284,6 @@ def analyse(
     )
 
 
-def canary_outputs(base_url: str, windows: np.ndarray, timeout: float = PROBE_TIMEOUT_S) -> object:
-    """The canary's /infer/batch answer on ``windows``, as parsed JSON (validated by parity_checks);
-    ``ProbeError`` when there is no 200 JSON answer."""
-    body = json.dumps({"x": np.asarray(windows).tolist()}).encode()
-    status, data = http_exchange(base_url, "POST", "/infer/batch", body=body, timeout_s=timeout, max_bytes=16 << 20)
-    if status != 200:
-        raise ProbeError(f"POST /infer/batch: HTTP {status} ({error_body_summary(data)})")
-    return load_json(data, "POST /infer/batch")
-
-
 def canary_parity(base_url: str, windows: np.ndarray, reference: dict[str, np.ndarray], s: GateSettings,
                   timeout: float = PROBE_TIMEOUT_S) -> list[Check]:
     try:
@@ -319,6 +293,13 @@ def canary_parity(base_url: str, windows: np.ndarray, reference: dict[str, np.nd
     except Exception as exc:  # not the canary's answer, but parity is still unmeasured: fail, never pass
         log.exception("parity check against %s failed unexpectedly", base_url)
         return [parity_failure(f"could not be measured: {describe(exc)}")]
+
+
+def time_bound_s(settings: GateSettings, probe_timeout_s: float = PROBE_TIMEOUT_S) -> float:
+    """The longest ``run_gate`` takes, whatever the canary does (each exchange has a hard deadline):
+    parity, two /metrics scrapes and the load run (see run_open_loop). A lease must cover it."""
+    load = settings.load
+    return probe_timeout_s + 2 * min(probe_timeout_s, METRICS_TIMEOUT_S) + load.duration_s + 2 * load.request_timeout_s + 1.1
 
 
 def run_gate(

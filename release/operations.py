@@ -246,6 +246,24 @@ def status(env: PipelineEnv, store: ArtifactStore, device: str, ssh_client_facto
     return result
 
 
+def publish_missing_finals(env: PipelineEnv, store: ArtifactStore, history: History, device: str, actor: str) -> list[str]:
+    """A settled release whose final manifest never landed (the orchestrator died between recording
+    the outcome and publishing it) gets it now, from the history: nothing settled stays unpublished."""
+    done = []
+    for tag in dict.fromkeys(r.release_tag for r in history.for_device(device)):
+        state = current_state(history, tag)
+        if state in (ReleaseState.PROMOTED, ReleaseState.ROLLED_BACK, ReleaseState.FAILED, ReleaseState.HELD) and (
+            store.exists(tag, "manifest.candidate.json") and not store.is_published(tag)
+        ):
+            manifest = ReleaseManifest.from_json(store.get_bytes(tag, "manifest.candidate.json"))
+            req = ReleaseRequest.parse({"continuity_id": manifest.continuity_id, "release_tag": tag, "device": device,
+                                        "config_version": manifest.config_version, "triggered_by": actor})
+            publish_final(req, env, store, [StepRecord(name="reconcile", status="real",
+                                                       reason=f"final manifest published late, from the history ({state})")])
+            done.append(tag)
+    return done
+
+
 def reconcile(env: PipelineEnv, store: ArtifactStore, device: str, *, actor: str,
               ssh_client_factory: SshFactory = None) -> dict[str, Any]:
     """Record what the device did on its own (commit kept, lease ran out, interrupted switch undone)
@@ -253,9 +271,10 @@ def reconcile(env: PipelineEnv, store: ArtifactStore, device: str, *, actor: str
     from release import deploy as dep
 
     history = History(store)
+    repaired = publish_missing_finals(env, store, history, device, actor)
     tag = history.in_flight(device)
     if tag is None:
-        return {"device": device, "in_flight": None, "recorded": None}
+        return {"device": device, "in_flight": None, "recorded": None, "published": repaired}
     spec = inventory(env).get(device)
     transport = open_transport(spec, ssh_client_factory)
     try:

@@ -25,6 +25,8 @@ GATE_OVERRIDE_BOUNDS: dict[str, tuple[float, float]] = {
     "max_error_rate": (0.0, 0.05),
     "duration_s": (5.0, 600.0),
     "rate_windows_per_s": (1.0, 1000.0),
+    "lease_margin_s": (5.0, 3600.0),
+    "hold_lease_s": (60.0, 7 * 86400.0),
 }
 SAMPLE_MODEL = "sample"
 _ONNX_LOCATION = re.compile(r"^(sample|gs://[a-z0-9][a-z0-9._-]{1,220}/[A-Za-z0-9_./-]+\.onnx|/[A-Za-z0-9_./-]+\.onnx)$")
