@@ -327,7 +327,12 @@ cmd_start() {
 COMPONENTS=(worker-hailo-builder worker-edge triggerer dag-processor scheduler api-server redis postgres)
 
 cmd_stop() {
-    local c
+    local c sidecar="$STATE/workers/edge/pipeline/device/local/sidecar"
+    # The `local` device's sidecar, started by the edge worker's deploy task (the stand-in for a Pi).
+    if [ -f "$sidecar/sidecar.pid" ] && [ -x "$PY" ]; then
+        log "stopping the local device sidecar"
+        "$PY" -c 'import sys; from pathlib import Path; from release.local_sidecar import _stop; _stop(Path(sys.argv[1]))' "$sidecar" || true
+    fi
     for c in "${COMPONENTS[@]}"; do
         if [ "$c" = postgres ]; then stop_one "$c" INT; else stop_one "$c"; fi
     done

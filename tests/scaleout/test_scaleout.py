@@ -1,0 +1,149 @@
+"""The scale-out path for real: `scripts/scaleout.sh` (PostgreSQL, Redis, CeleryExecutor, a
+`hailo-builder` and an `edge` worker with separate HAILO_PIPELINE_ROOTs sharing only the store),
+driven through the REST API with `hailo-release trigger` as CI and release managers do.
+
+Not covered here: kill -9 of the edge worker in the middle of the gate (needs the device-side
+lease of the fail-safe lifecycle work; the scheduler would otherwise only fail the orphaned task
+after the heartbeat timeout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.scaleout, pytest.mark.airflow, pytest.mark.e2e]
+CANARY = "hailo_canary_release"
+CID = "ADR-0007-hailo-docker-2025-08-31"
+
+
+def _trigger(stack, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AIRFLOW_PASSWORD": stack.password}
+    return subprocess.run([sys.executable, "-m", "release.cli", "trigger", "--airflow-url", stack.url, "--user",
+                           stack.username, "--poll", "1", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _conf(tag: str) -> str:
+    return json.dumps({"release_tag": tag, "config_version": "cfg-scaleout", "gate_overrides": {"duration_s": 5}})
+
+
+def _tis(stack, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    return list(stack.get(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"])
+
+
+def _task_queues(stack, dag_id: str) -> dict[str, str]:
+    return {t["task_id"]: t["queue"] for t in stack.get(f"dags/{dag_id}/tasks")["tasks"]}
+
+
+def _assert_ran_on_its_queue(stack, dag_id: str, run_id: str) -> dict[str, list[str]]:
+    """Every task that ran did so on its DAG-declared queue, on that queue's worker; → queue → tasks."""
+    declared = _task_queues(stack, dag_id)
+    ran: dict[str, list[str]] = {}
+    for ti in _tis(stack, dag_id, run_id):
+        if ti["state"] in ("skipped", "removed", None):
+            continue
+        queue = declared[ti["task_id"]]
+        assert queue in ("hailo-builder", "edge"), f"{ti['task_id']} declares queue {queue!r}"
+        assert ti["queue"] == queue, f"{ti['task_id']} ran from queue {ti['queue']!r}, declared {queue!r}"
+        want_host = stack.worker(queue)["task_hostname"]
+        assert ti["hostname"] == want_host, f"{ti['task_id']} ran on {ti['hostname']!r}, not on the {queue} worker {want_host!r}"
+        ran.setdefault(queue, []).append(ti["task_id"])
+    return ran
+
+
+def test_canary_runs_each_task_on_its_queue_and_worker(scaleout_stack):
+    stack = scaleout_stack
+    summary = stack.state / "summary-1.md"
+    res = _trigger(stack, "--continuity-id", CID, "--ci-run", "so-1", "--conf", _conf("so-1"), "--summary-file", str(summary))
+    diag = res.stdout[-3000:] + res.stderr[-3000:] + stack.log("worker-edge") + stack.log("worker-hailo-builder")
+    assert res.returncode == 0, diag
+    assert "promote: success" in res.stdout
+    assert "**promoted**" in summary.read_text()
+    ran = _assert_ran_on_its_queue(stack, CANARY, f"{CID}__ci-so-1")
+    assert {"prepare", "compile_hef", "sign_release", "write_manifest"} <= set(ran["hailo-builder"])
+    assert {"canary_deploy", "latency_gate", "promote"} <= set(ran["edge"])
+    # Two hosts: each worker has its own HAILO_PIPELINE_ROOT; only the store is shared.
+    builder = Path(stack.worker("hailo-builder")["pipeline_root"])
+    edge = Path(stack.worker("edge")["pipeline_root"])
+    assert (builder / "work" / "so-1").is_dir() and not (builder / "device").exists()
+    assert (edge / "device").is_dir()
+    assert not (builder / "store").exists() and not (edge / "store").exists()
+    assert (Path(stack.info["artifact_root"]) / "releases" / "so-1" / "manifest.json").is_file()
+
+
+def test_second_release_waits_for_the_first(scaleout_stack):
+    stack = scaleout_stack
+    for n in ("2", "3"):
+        res = _trigger(stack, "--continuity-id", CID, "--ci-run", f"so-{n}", "--conf", _conf(f"so-{n}"), "--no-follow")
+        assert res.returncode == 0, res.stdout + res.stderr
+    first, second = f"{CID}__ci-so-2", f"{CID}__ci-so-3"
+    # Follow the second: it can only finish after the first (max_active_runs=1, device pool).
+    res = subprocess.run([sys.executable, "-c", _FOLLOW, stack.url, stack.username, second],
+                         env={**os.environ, "AIRFLOW_PASSWORD": stack.password}, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = {r["dag_run_id"]: r for r in stack.get(f"dags/{CANARY}/dagRuns?limit=100")["dag_runs"]}
+    a, b = runs[first], runs[second]
+    assert a["state"] == "success" and b["state"] == "success", (a, b)
+    # Ordering from the API's own timestamps, not from a wall-clock budget.
+    assert b["start_date"] >= a["end_date"], f"second run started {b['start_date']} before the first ended {a['end_date']}"
+    first_tis = _tis(stack, CANARY, first)
+    second_tis = _tis(stack, CANARY, second)
+    last_of_first = max(t["end_date"] for t in first_tis if t["end_date"])
+    first_of_second = min(t["start_date"] for t in second_tis if t["start_date"] and t["state"] != "skipped")
+    assert first_of_second >= last_of_first
+    _assert_ran_on_its_queue(stack, CANARY, second)
+
+
+_FOLLOW = """
+import os, sys
+from release.trigger import AirflowClient
+url, user, run_id = sys.argv[1:4]
+client = AirflowClient(url, user, os.environ["AIRFLOW_PASSWORD"], say=print)
+state, tasks = client.follow("hailo_canary_release", run_id, poll_s=1, timeout_s=800)
+sys.exit(0 if state == "success" else 1)
+"""
+
+
+def test_rollback_through_the_api(scaleout_stack):
+    stack = scaleout_stack
+    # Needs a release to go back to: the ones promoted above, or make two here when run alone.
+    promoted = [r for r in stack.get(f"dags/{CANARY}/dagRuns?limit=100")["dag_runs"] if r["state"] == "success"]
+    for n in range(len(promoted), 2):
+        res = _trigger(stack, "--continuity-id", CID, "--ci-run", f"so-rb-{n}", "--conf", _conf(f"so-rb-{n}"))
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = _trigger(stack, "--dag", "hailo_rollback", "--continuity-id", CID, "--ci-run", "rb-1",
+                   "--conf", json.dumps({"device": "local", "to": "previous", "reason": "scaleout test"}))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + stack.log("worker-edge")
+    run_id = f"{CID}__ci-rb-1"
+    ran = _assert_ran_on_its_queue(stack, "hailo_rollback", run_id)
+    assert ran == {"edge": ["rollback_device"]}
+    xcom = stack.get(f"dags/hailo_rollback/dagRuns/{run_id}/taskInstances/rollback_device/xcomEntries/return_value")
+    assert xcom["value"], xcom
+
+
+def test_stack_status_and_components(scaleout_stack):
+    stack = scaleout_stack
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HAILO_"))}
+    env["HAILO_SCALEOUT_DIR"] = str(stack.state)
+    res = subprocess.run(["bash", "scripts/scaleout.sh", "status"], env=env, capture_output=True, text=True, timeout=30,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "stopped" not in res.stdout
+    for name in ("postgres", "redis", "api-server", "scheduler", "dag-processor", "triggerer",
+                 "worker-hailo-builder", "worker-edge"):
+        assert f"{name} " in res.stdout
+    health = stack.get("monitor/health")
+    assert all(health[k]["status"] == "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+    # Each worker registered with Celery under its own hostname.
+    for queue in ("hailo-builder", "edge"):
+        assert f"{stack.worker(queue)['celery_hostname']} ready." in (stack.state / "logs" / f"worker-{queue}.log").read_text()
+    # Secrets are files only the owner can read; the key pair came from provisioning, not a worker.
+    for name in ("jwt_secret", "fernet_key", "admin_password", "pg_password", "redis_password"):
+        assert (stack.state / "secrets" / name).stat().st_mode & 0o077 == 0
+    assert not (Path(stack.worker("edge")["pipeline_root"]) / "keys").exists()
+    assert not (Path(stack.worker("hailo-builder")["pipeline_root"]) / "keys").exists()
