@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 MAX_REASON_CHARS = 300
+REQUEST_METRIC = "sidecar_request_latency_seconds"
+PROBE_TIMEOUT_S = 10.0  # whole /infer/batch exchange; /metrics gets at most METRICS_TIMEOUT_S
+METRICS_TIMEOUT_S = 5.0
 
 
 class ProbeError(Exception):
@@ -156,3 +159,37 @@ class InferBodyCheck:
 
 def _finite_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def scrape_histogram(base_url: str, endpoint: str = "/infer", timeout: float = 5.0) -> dict[float, float]:
+    """Cumulative bucket counts {le_seconds: count} of the sidecar's request latency histogram ({}
+    before the first request); ``ProbeError`` saying why when /metrics is missing, unreachable or
+    not Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, data = http_exchange(base_url, "GET", "/metrics", timeout_s=timeout, max_bytes=8 << 20)
+    if status != 200:
+        raise ProbeError(f"GET /metrics: HTTP {status} ({error_body_summary(data)})")
+    buckets: dict[float, float] = {}
+    try:
+        for family in text_string_to_metric_families(data.decode()):
+            if family.name != REQUEST_METRIC:
+                continue
+            for s in family.samples:
+                if s.name == f"{REQUEST_METRIC}_bucket" and s.labels.get("endpoint") == endpoint:
+                    buckets[float(s.labels["le"])] = float(s.value)
+    except Exception as exc:  # the parser raises whatever garbage makes it raise
+        raise ProbeError(f"GET /metrics: not Prometheus text ({describe(exc)})") from None
+    if not all(math.isfinite(v) and v >= 0 for v in buckets.values()):
+        raise ProbeError(f"GET /metrics: {REQUEST_METRIC} has negative or non-finite bucket counts")
+    return buckets
+
+
+def canary_outputs(base_url: str, windows: np.ndarray, timeout: float = PROBE_TIMEOUT_S) -> object:
+    """The canary's /infer/batch answer on ``windows``, as parsed JSON (validated by parity_checks);
+    ``ProbeError`` when there is no 200 JSON answer."""
+    body = json.dumps({"x": np.asarray(windows).tolist()}).encode()
+    status, data = http_exchange(base_url, "POST", "/infer/batch", body=body, timeout_s=timeout, max_bytes=16 << 20)
+    if status != 200:
+        raise ProbeError(f"POST /infer/batch: HTTP {status} ({error_body_summary(data)})")
+    return load_json(data, "POST /infer/batch")

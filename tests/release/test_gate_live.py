@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from release.gate import GateReport, run_gate, write_histogram_png
+from release.gate import GateReport, run_gate, time_bound_s, write_histogram_png
 from release.gate_settings import GateSettings, LoadProfile, Verdict, settings_with_overrides
 from release.sample_model import golden_windows
 from tests.doubles.garbage_http import MODES, garbage_server
@@ -143,8 +143,12 @@ def test_unreadable_metrics_leave_the_cross_check_inconclusive(sidecar, referenc
 
 @pytest.mark.parametrize("mode", MODES)
 def test_raw_garbage_fails_the_gate_instead_of_raising(reference, mode):
+    t0 = time.monotonic()
     with garbage_server(mode) as url:
         report = _gate(url, reference)
+    # Hard deadlines, not per-read timeouts: a silent or dripping canary cannot hold the gate (and so
+    # the lease) open. The slack is for a busy host; without the deadlines these take minutes.
+    assert time.monotonic() - t0 < time_bound_s(FAULT, 2.0) + 30
     assert report.verdict is Verdict.FAIL, report.reasons
     parity = _check(report, "parity_outputs")
     assert parity.outcome == "fail" and "parity: " in parity.reason
