@@ -93,7 +93,7 @@ REPO = Path(__file__).resolve().parents[1]
 WINDOW_BODY = json.dumps({"x": [[0.01 * ((i * 9 + c) % 17) for c in range(9)] for i in range(100)]}).encode()
 
 
-def _first_infer(port: int, proc: subprocess.Popen[bytes], t0: float, timeout: float = 60) -> float:
+def _first_infer(port: int, proc: subprocess.Popen[bytes] | None, t0: float, timeout: float = 60) -> float:
     """Seconds from t0 until POST /infer answers 200 (polling every ~1 ms while the port is closed)."""
     while time.perf_counter() - t0 < timeout:
         try:
@@ -105,7 +105,7 @@ def _first_infer(port: int, proc: subprocess.Popen[bytes], t0: float, timeout: f
                 return time.perf_counter() - t0
         except OSError:
             pass
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"sidecar exited with {proc.returncode} before its first /infer")
         time.sleep(0.001)
     raise RuntimeError("no 200 from /infer")
@@ -223,6 +223,79 @@ def cold_start_rows(tmp: Path, model: Path) -> list[Row]:
     return out
 
 
+DOCKER = "/usr/bin/docker"  # machine facts: the Debian CLI builds without buildx
+CONTAINER_RUNS = 5
+
+
+def _runtime_images() -> dict[str, str]:
+    """arch → newest local runtime image (SIDECAR_BENCH_IMAGE_<ARCH> overrides), built by the release flow."""
+    found: dict[str, str] = {}
+    res = subprocess.run([DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True)
+    for ref in res.stdout.split() if res.returncode == 0 else []:
+        if ref.split(":")[-2].endswith("hailo-runtime") and "prod" not in ref:
+            arch = subprocess.run([DOCKER, "image", "inspect", ref, "--format", "{{.Architecture}}"],
+                                  capture_output=True, text=True).stdout.strip()
+            found.setdefault(arch, ref)
+    for arch in ("amd64", "arm64"):
+        if os.environ.get(f"SIDECAR_BENCH_IMAGE_{arch.upper()}"):
+            found[arch] = os.environ[f"SIDECAR_BENCH_IMAGE_{arch.upper()}"]
+    return found
+
+
+def _overlay(base: str, src: Path, tag: str, ctx: Path) -> str:
+    """The runtime image with its installed hailo_sidecar replaced by src (same interpreter and wheels)."""
+    site = subprocess.run([DOCKER, "run", "--rm", "--entrypoint", "python", base, "-c",
+                           "import hailo_sidecar, os; print(os.path.dirname(hailo_sidecar.__file__))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    shutil.copytree(src, ctx / "hailo_sidecar", ignore=shutil.ignore_patterns("__pycache__"))
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nUSER root\nRUN rm -rf {site}\nCOPY hailo_sidecar {site}\nUSER 10001:10001\n")
+    subprocess.run([DOCKER, "build", "-q", "-t", tag, str(ctx)], capture_output=True, text=True, check=True)
+    return tag
+
+
+def _container_cold_start(image: str, platform: str) -> float:
+    port = _port()
+    t0 = time.perf_counter()
+    cid = subprocess.run([DOCKER, "run", "-d", "--rm", "--platform", platform, "-e", "INFER_MODE=stub",
+                          "-p", f"127.0.0.1:{port}:9000", image], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return _first_infer(port, None, t0, timeout=120)
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", cid], capture_output=True)
+
+
+def container_rows(tmp: Path) -> list[Row]:
+    """`docker run` of the runtime image (stub mode) until the first 200 on /infer, new vs old code
+    overlaid on the same image; arm64 runs under QEMU and is reported separately."""
+    if shutil.which(DOCKER) is None or subprocess.run([DOCKER, "info"], capture_output=True).returncode != 0:
+        return [Row("container cold start", float("nan"), "ms", "-", None, "skipped: no Docker engine (machine-facts.md)")]
+    images = _runtime_images()
+    if not images:
+        return [Row("container cold start", float("nan"), "ms", "-", None,
+                    "skipped: no local hailo-runtime image (build one with the release image step)")]
+    old_src = _old_tree(tmp)
+    out: list[Row] = []
+    for arch, base in sorted(images.items()):
+        variants = {"new": REPO / "sidecar" / "hailo_sidecar"}
+        if old_src is not None:
+            variants["old"] = old_src / "hailo_sidecar"
+        tags = {v: _overlay(base, src, f"hailo-sidecar-bench:{v}-{arch}", tmp / f"ctx-{v}-{arch}") for v, src in variants.items()}
+        runs = CONTAINER_RUNS if arch == "amd64" else 3
+        times: dict[str, list[float]] = {v: [] for v in tags}
+        for tag in tags.values():
+            _container_cold_start(tag, f"linux/{arch}")  # warm the page cache
+        for _ in range(runs):
+            for v, tag in tags.items():
+                times[v].append(_container_cold_start(tag, f"linux/{arch}") * 1000)
+        for v in tags:
+            subprocess.run([DOCKER, "rmi", "-f", tags[v]], capture_output=True)
+        qemu = " under QEMU" if arch != os.uname().machine.replace("x86_64", "amd64").replace("aarch64", "arm64") else ""
+        old_note = f"old code {statistics.median(times['old']):.0f} ms" if "old" in times else "old code unavailable"
+        out.append(Row(f"container cold start {arch}{qemu} (stub)", statistics.median(times["new"]), "ms", "-", None,
+                       f"{old_note}; median of {runs}; base {base}"))
+    return out
+
+
 def rows() -> list[Row]:
     import onnxruntime as ort
 
@@ -232,6 +305,8 @@ def rows() -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         model = write_sample_model(Path(tmp) / "model.onnx")
         out += cold_start_rows(Path(tmp), model)
+        if os.environ.get("SIDECAR_BENCH_CONTAINER", "1") != "0":
+            out += container_rows(Path(tmp))
         windows = golden_windows(64)
         singles = [json.dumps({"x": w.tolist()}).encode() for w in windows]
         batches = [json.dumps({"x": windows[i:i + BATCH].tolist()}).encode() for i in range(0, 64, BATCH)]
