@@ -312,6 +312,8 @@ cmd_start() {
     STATE="$(cd "$STATE" && pwd)"
     provision_secrets
     export_airflow_env
+    # Before anything starts: this host's signing key must be the one recorded in the shared store.
+    "$PY" -m hailo_airflow.keycheck >&2 || die "refusing to start: signing key check failed (see above)"
     start_postgres
     start_redis
     init_airflow

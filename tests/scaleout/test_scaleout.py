@@ -126,12 +126,22 @@ def test_rollback_through_the_api(scaleout_stack):
     assert xcom["value"], xcom
 
 
+def test_host_with_another_signing_key_is_refused(scaleout_stack, tmp_path):
+    from release.keys import generate_dev_keypair, key_id, load_public_key
+
+    stack = scaleout_stack
+    priv, pub = generate_dev_keypair(tmp_path / "other-host")
+    theirs = key_id(load_public_key(pub))
+    ours = key_id(load_public_key(Path(stack.info["signing_pub"])))
+    res = stack.script("start", HAILO_SIGNING_KEY=str(priv), HAILO_SIGNING_PUB=str(pub))
+    assert res.returncode != 0
+    assert theirs in res.stderr and ours in res.stderr, res.stderr
+    assert stack.script("status").returncode == 0  # the running stack is untouched
+
+
 def test_stack_status_and_components(scaleout_stack):
     stack = scaleout_stack
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HAILO_"))}
-    env["HAILO_SCALEOUT_DIR"] = str(stack.state)
-    res = subprocess.run(["bash", "scripts/scaleout.sh", "status"], env=env, capture_output=True, text=True, timeout=30,
-                         cwd=Path(__file__).resolve().parents[2])
+    res = stack.script("status", timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "stopped" not in res.stdout
     for name in ("postgres", "redis", "api-server", "scheduler", "dag-processor", "triggerer",
