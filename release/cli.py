@@ -140,6 +140,21 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gate_overrides(items: list[str]) -> dict[str, float]:
+    from release.errors import InvalidInput
+
+    overrides: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            overrides[key] = float(value) if sep else float("nan")
+        except ValueError:
+            raise InvalidInput(f"--gate-override {item!r}: expected KEY=NUMBER") from None
+        if not sep:
+            raise InvalidInput(f"--gate-override {item!r}: expected KEY=NUMBER")
+    return overrides
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import signal
 
@@ -151,7 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         {
             "continuity_id": args.continuity_id, "release_tag": args.tag, "onnx_location": args.onnx,
             "config_version": args.config_version, "device": args.device, "production": args.production,
-            "triggered_by": "cli",
+            "triggered_by": "cli", "gate_overrides": _gate_overrides(args.gate_override),
         }
     )
 
@@ -275,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", default="sample", help="'sample' or an absolute path to a .onnx")
     p.add_argument("--device", default="local")
     p.add_argument("--production", action="store_true", help="refuse placeholders, dev keys and skipped images")
+    p.add_argument("--gate-override", action="append", default=[], metavar="KEY=NUMBER",
+                   help="tighten the gate for this run (p95_ms, min_windows_per_s, max_error_rate, duration_s, "
+                        "rate_windows_per_s, lease_margin_s, hold_lease_s); checked against the product limits")
     p.set_defaults(handler=_cmd_run)
 
     p = sub.add_parser(
