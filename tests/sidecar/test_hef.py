@@ -42,7 +42,6 @@ def test_dfc_double_output_is_labelled_double(tmp_path):
         (b"\x01HEF\x00\x00", "header truncated"),
         (encode_hef()[:-1], "truncated"),
         (encode_hef() + b"x", "header says"),
-        (encode_hef()[:20] + bytes(12) + encode_hef()[32:], "md5"),
         (struct.pack(">4sII", b"\x01HEF", 9, 4) + b"abcd", "unknown HEF header version 9"),
         (struct.pack(">4sII", b"\x01HEF", 1, 3) + bytes(16) + b"\xff\xff\xff", "not a valid ProtoHEFHef"),
         (b"HAILO-PIPELINE-PLACEHOLDER-HEF\n{not json", "placeholder HEF body is not the JSON"),
