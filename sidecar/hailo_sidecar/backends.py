@@ -32,8 +32,36 @@ from hailo_sidecar.hef import HefInfo
 if TYPE_CHECKING:
     from hailo_sidecar.runtimes import HailoBackend, OnnxBackend
 
-# Validated request windows [n][L][C] of JSON numbers (int | float), as orjson parsed them.
-Windows = list[list[list[float]]]
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """Validated windows, flattened row-major: window k, row i, channel c is
+    ``flat[(k * length + i) * channels + c]`` (JSON numbers as orjson parsed them: int | float)."""
+
+    flat: list[float]
+    n: int
+    length: int
+    channels: int
+
+    def __len__(self) -> int:
+        return self.n
+
+    def index(self, at: int) -> tuple[int, int, int]:
+        """(window, row, column) of flat[at]."""
+        k, rest = divmod(at, self.length * self.channels)
+        i, c = divmod(rest, self.channels)
+        return k, i, c
+
+    def column(self, k: int, c: int) -> list[float]:
+        """Channel c of window k over time (a strided slice: no copy of the rest)."""
+        start = k * self.length * self.channels + c
+        return self.flat[start : start + self.length * self.channels : self.channels]
+
+    @classmethod
+    def of(cls, nested: Sequence[Sequence[Sequence[float]]]) -> Windows:
+        """From [n][L][C] nested sequences (numpy arrays included)."""
+        n, length, channels = len(nested), len(nested[0]), len(nested[0][0])
+        return cls([float(v) for window in nested for row in window for v in row], n, length, channels)
 
 
 class BackendError(RuntimeError):
@@ -68,7 +96,7 @@ class HefState:
         return self.info is not None or self.problem is not None
 
 
-def _plain_windows(n: int, length: int, channels: int) -> Windows:
+def _plain_windows(n: int, length: int, channels: int) -> list[list[list[float]]]:
     """Deterministic smooth windows without numpy (the stub's warm-up input)."""
     return [
         [[math.sin(2 * math.pi * (0.5 + (k * channels + c) % 7) * i / length + c) for c in range(channels)]
@@ -99,12 +127,13 @@ def warm_up(backend: Backend, cfg: SidecarConfig) -> None:
     """Run the golden windows plus an all-zero window; refuse wrong shapes and non-finite outputs."""
     length, channels = cfg.window_length, cfg.window_channels
     if backend.name == "stub":
-        windows = _plain_windows(8, length, channels)
+        nested = _plain_windows(8, length, channels)
     else:
         from hailo_sidecar.runtimes import golden_windows
 
-        windows = golden_windows(8, length=length, channels=channels).tolist()
-    windows.append([[0.0] * channels for _ in range(length)])
+        nested = golden_windows(8, length=length, channels=channels).tolist()
+    nested.append([[0.0] * channels for _ in range(length)])
+    windows = Windows.of(nested)
     latent, motifs = backend.infer(windows)
     n = len(windows)
     if _dims(latent) != (n, cfg.latent_dim) or _dims(motifs) != (n, cfg.num_motifs):
@@ -141,12 +170,12 @@ class StubBackend:
         e = math.exp(z)
         return e / (1.0 + e)
 
-    def infer(self, windows: Sequence[Sequence[Sequence[float]]]) -> tuple[list[list[float]], list[list[float]]]:
+    def infer(self, windows: Windows) -> tuple[list[list[float]], list[list[float]]]:
         latents, motifs = [], []
         c = self._channels
-        for window in windows:
-            cols = list(zip(*window, strict=True))
-            latents.append([float(sum(map(mul, cols[k % c], w))) for k, w in enumerate(self._w_latent)])
+        for k in range(windows.n):
+            cols = [windows.column(k, ch) for ch in range(c)]
+            latents.append([float(sum(map(mul, cols[i % c], w))) for i, w in enumerate(self._w_latent)])
             motifs.append([self._sigmoid(float(sum(map(mul, cols[j % c], w)))) for j, w in enumerate(self._w_motif)])
         return latents, motifs
 
