@@ -20,11 +20,10 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import chain
 from operator import mul
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from hailo_sidecar.config import SidecarConfig
 from hailo_sidecar.hef import HefInfo
@@ -33,15 +32,14 @@ if TYPE_CHECKING:
     from hailo_sidecar.runtimes import HailoBackend, OnnxBackend
 
 
-@dataclass(frozen=True, slots=True)
 class Windows:
     """Validated windows, flattened row-major: window k, row i, channel c is
     ``flat[(k * length + i) * channels + c]`` (JSON numbers as orjson parsed them: int | float)."""
 
-    flat: list[float]
-    n: int
-    length: int
-    channels: int
+    __slots__ = ("channels", "flat", "length", "n")
+
+    def __init__(self, flat: list[float], n: int, length: int, channels: int) -> None:
+        self.flat, self.n, self.length, self.channels = flat, n, length, channels
 
     def __len__(self) -> int:
         return self.n
@@ -77,14 +75,12 @@ class Backend(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     backend: Backend
     reason: str
 
 
-@dataclass(frozen=True)
-class HefState:
+class HefState(NamedTuple):
     """What HEF_PATH holds: a validated HEF, nothing, or a file that is not a HEF (and why)."""
 
     path: Path

@@ -18,12 +18,10 @@ the cold start 2.0 ms per MB here (md5; sha256 is 0.6 ms/MB) for nothing the sha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 HEF_MAGIC = b"\x01HEF"
 PLACEHOLDER_MAGIC = b"HAILO-PIPELINE-PLACEHOLDER-HEF\n"
@@ -41,8 +39,7 @@ class HefError(ValueError):
     """HEF_PATH is not a usable HEF; the message says what is wrong with the file."""
 
 
-@dataclass(frozen=True)
-class HefInfo:
+class HefInfo(NamedTuple):
     path: Path
     kind: HefKind
     hw_arch: str
@@ -124,6 +121,8 @@ def inspect_hef(path: Path) -> HefInfo:
         raise HefError(f"HEF_PATH={path} cannot be read: {exc.strerror}") from None
     if not data:
         raise HefError(f"HEF_PATH={path} is empty (0 bytes)")
+    import hashlib  # only when a HEF is there: stub and onnx starts without one skip its import
+
     sha = hashlib.sha256(data).hexdigest()
     if data.startswith(PLACEHOLDER_MAGIC):
         if len(data) > _MAX_PLACEHOLDER:
@@ -156,6 +155,8 @@ def inspect_hef(path: Path) -> HefInfo:
 
 def encode_hef(hw_arch: str = "hailo8", payload: bytes = b"", version: int = 0) -> bytes:
     """A minimal well-formed HEF (header + ProtoHEFHef with a ProtoHEFHeader) for tests and benches."""
+    import hashlib
+
     code = {v: k for k, v in HW_ARCHS.items()}[hw_arch]
 
     def varint(n: int) -> bytes:
