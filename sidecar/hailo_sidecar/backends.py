@@ -123,7 +123,7 @@ def warm_up(backend: Backend, cfg: SidecarConfig) -> None:
     """Run the golden windows plus an all-zero window; refuse wrong shapes and non-finite outputs."""
     length, channels = cfg.window_length, cfg.window_channels
     if backend.name == "stub":
-        nested = _plain_windows(8, length, channels)
+        nested = _plain_windows(2, length, channels)  # no model to verify: shapes and finiteness only
     else:
         from hailo_sidecar.runtimes import golden_windows
 
