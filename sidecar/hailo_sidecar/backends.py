@@ -87,10 +87,6 @@ class HefState(NamedTuple):
     info: HefInfo | None = None
     problem: str | None = None  # set when a file is there but is not a valid HEF
 
-    @property
-    def present(self) -> bool:
-        return self.info is not None or self.problem is not None
-
 
 def _plain_windows(n: int, length: int, channels: int) -> list[list[list[float]]]:
     """Deterministic smooth windows without numpy (the stub's warm-up input)."""
