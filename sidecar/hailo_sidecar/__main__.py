@@ -112,6 +112,9 @@ def main() -> int:
         from hailo_sidecar.config import SidecarConfig
 
         cfg = SidecarConfig.from_env()
+        from hailo_sidecar.backends import prestart_identify
+
+        prestart_identify(cfg)
         from hailo_sidecar.app import create_app, load
 
         app = create_app(cfg)
