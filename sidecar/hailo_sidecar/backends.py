@@ -201,6 +201,11 @@ class Identify:
             text=True,
         )
 
+    def discard(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.communicate()
+
     def result(self, timeout: float = 10) -> str:
         import subprocess
 
@@ -292,6 +297,8 @@ def select_backend(cfg: SidecarConfig, hef: HefState) -> Selection:
         if not ok
     ]
     reason = "hailo unavailable (" + "; ".join(str(m) for m in missing) + ")"
+    while _prestarted:  # the identify started at process start is not needed: reap it
+        _prestarted.pop().discard()
     if cfg.onnx_path.is_file():
         return Selection(_onnx(cfg), "auto: " + reason + "; serving the ONNX on the CPU")
     raise BackendError("auto: no backend can serve: " + reason + f", and no ONNX at {cfg.onnx_path}")
