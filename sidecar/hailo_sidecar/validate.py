@@ -1,5 +1,5 @@
-"""Strict request parsing: body bytes → windows [n][L][C] of JSON numbers within float32 range, or a
-BadRequest saying what is wrong. Plain Python (no numpy: the stub path must not pay its import).
+"""Strict request parsing: body bytes → Windows ([n][L][C] JSON numbers within float32 range, kept
+flat), or a BadRequest saying what is wrong. Plain Python: the stub path must not pay numpy's import.
 
 Only JSON numbers are accepted. ``np.asarray`` alone is not strict: it turns ``true`` into 1.0
 and a string into a string array, and reports 500-deep nesting as "ragged". So a fast path checks
