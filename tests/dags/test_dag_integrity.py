@@ -33,13 +33,16 @@ def test_canary_dag_shape(dagbag):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     assert set(dag.get_task("decide").downstream_task_ids) == {"promote", "rollback", "hold"}
     assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"
+    # The last word whatever failed upstream: a canary left undecided is rolled back there.
+    assert dag.get_task("ensure_safe").trigger_rule == "all_done"
+    assert "ensure_safe" in dag.get_task("report").downstream_task_ids
 
 
 def test_queues_pools_and_retries(dagbag):
     dag = dagbag.dags["hailo_canary_release"]
     for tid in ("validate_onnx", "compile_hef", "build_push_image", "sign_release", "write_manifest"):
         assert dag.get_task(tid).queue == "hailo-builder", tid
-    for tid in ("canary_deploy", "latency_gate", "promote", "rollback"):
+    for tid in ("canary_deploy", "latency_gate", "promote", "rollback", "hold", "ensure_safe"):
         assert dag.get_task(tid).queue == "edge", tid
     for tid in ("canary_deploy", "latency_gate", "promote", "rollback"):
         assert dag.get_task(tid).pool == "hailo_edge_devices", tid

@@ -64,6 +64,9 @@ class TcpRelay:
     def cut(self) -> None:
         """Reset every connection (RST, as a pulled cable seen by the next packet) and refuse new ones."""
         if self._listener is not None:
+            # shutdown() first: close() alone leaves a thread blocked in accept() holding the port open.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:
