@@ -60,6 +60,24 @@ def test_run_then_oncall_rollback_without_airflow(tmp_path, monkeypatch):
             assert json.loads(r.read())["config_version"] == "cfg-1"
         rb = json.loads((tmp_path / "store" / "releases" / "r1-rb3" / "manifest.json").read_text())
         assert rb["kind"] == "rollback" and rb["points_to_release_tag"] == "r1" and rb["release_counter"] == 3
+        status = subprocess.run([*cli, "status", "--device", "local"], capture_output=True, text=True, env=env,
+                                timeout=60)
+        assert status.returncode == 0, status.stdout
+        view = json.loads(status.stdout)
+        assert view["device_runs"]["current"] == view["device_runs"]["committed"] == "r1"
+        assert view["store_last_known_good"] == "r1" and view["agrees"] is True
+        # The device moved behind the store's back (someone ran the agent by hand): status says so.
+        agent = [sys.executable, str(tmp_path / "device" / "local" / "bin" / "device_agent.py"),
+                 "--root", str(tmp_path / "device" / "local")]
+        subprocess.run([*agent, "rollback", "--to", "r2"], check=True, capture_output=True, timeout=120)
+        status = subprocess.run([*cli, "status", "--device", "local"], capture_output=True, text=True, env=env,
+                                timeout=60)
+        assert status.returncode == 3 and "last-known-good is r1" in status.stdout
+        history = subprocess.run([*cli, "history", "--device", "local"], capture_output=True, text=True, env=env,
+                                 timeout=60)
+        records = [json.loads(line) for line in history.stdout.splitlines()]
+        assert [r["to_state"] for r in records if r["release_tag"] == "r2"][-1] == "rolled_back"
+        assert records[-1]["detail"]["restored"] == "r1"
         bad = subprocess.run([*cli, "rollback", "--device", "local", "--to", "r1;reboot"], capture_output=True,
                              text=True, env=env, timeout=60)
         assert bad.returncode == 2
@@ -72,3 +90,15 @@ def test_run_then_oncall_rollback_without_airflow(tmp_path, monkeypatch):
         from release.local_sidecar import _stop
 
         _stop(tmp_path / "device" / "local" / "sidecar")
+
+
+def test_run_exit_codes_match_trigger():
+    from release.pipeline import RunOutcome
+    from release.states import ReleaseState
+    from release.trigger import Outcome
+
+    codes = {state: RunOutcome(state, {}).exit_code for state in ReleaseState}
+    assert codes[ReleaseState.PROMOTED] == Outcome.PROMOTED == 0
+    assert codes[ReleaseState.ROLLED_BACK] == Outcome.ROLLED_BACK == 10
+    assert codes[ReleaseState.HELD] == Outcome.HELD == 11
+    assert codes[ReleaseState.FAILED] == Outcome.FAILED == 1

@@ -145,6 +145,14 @@ def test_outcome_mapping():
     assert outcome_of("success", {"hold": "success"}) is Outcome.HELD
     assert outcome_of("failed", {}) is Outcome.FAILED
     assert outcome_of("timeout", {}) is Outcome.TIMEOUT
+    # A rollback or decision run is reported as what it is, never as a promotion.
+    from release.trigger import describe, summary_markdown
+
+    assert outcome_of("success", {"rollback_device": "success"}, "hailo_rollback") is Outcome.PROMOTED  # exit 0
+    text = summary_markdown("r1", outcome_of("success", {}, "hailo_rollback"), None, "hailo_rollback")
+    assert "On-call rollback" in text and "**done**" in text and "promoted" not in text
+    assert describe("hailo_release_decision", Outcome.FAILED) == "failed"
+    assert "Canary release" in summary_markdown("r2", Outcome.PROMOTED, None)
     with pytest.raises(InvalidInput):
         AirflowClient("ftp://x", "u", "p")
     assert ArtifactNotFound and AuthFailed
