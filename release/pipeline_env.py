@@ -27,7 +27,6 @@ class PipelineEnv(BaseModel):
     store_root: Path
     work_root: Path
     keys_dir: Path
-    ledger_dir: Path
     devices_file: Path | None
     registry: str | None = Field(description="host:port of the OCI registry to push to, None = no registry")
     image_repository: str = "hailo-runtime"
@@ -47,7 +46,6 @@ class PipelineEnv(BaseModel):
             store_root=_env_path("HAILO_ARTIFACT_ROOT", root / "store"),
             work_root=_env_path("HAILO_WORK_ROOT", root / "work"),
             keys_dir=_env_path("HAILO_KEYS_DIR", root / "keys"),
-            ledger_dir=_env_path("HAILO_LEDGER_DIR", root / "ledger"),
             devices_file=Path(devices).resolve() if devices else None,
             registry=os.environ.get("HAILO_REGISTRY") or None,
             image_repository=os.environ.get("HAILO_IMAGE_REPOSITORY", "hailo-runtime"),

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     store = LocalArtifactStore(env.store_root)
     print(f"\nDAG run {run.run_id}: {run.state}")
     if not store.is_published(args.tag):
-        print(f"release {args.tag} was not published; see the task logs above and the ledger in {env.ledger_dir}")
+        print(f"release {args.tag} was not published; see the task logs above and `hailo-release history --tag {args.tag}`")
         return 1
     manifest = json.loads(store.get_bytes(args.tag, MANIFEST_NAME))
     gate = manifest["gate"]
@@ -118,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     print("steps:")
     for step in manifest["steps"]:
         print(f"  {step['name']:<9} {step['status']:<12} {step['reason']}")
-    return 0 if manifest["state"] == "promoted" else 1
+    if manifest.get("lease_s"):
+        print(f"lease     {manifest['lease_s']:.0f}s to commit the canary, else the device restored last-known-good")
+    from release.canary import EXIT_CODES
+    from release.states import ReleaseState
+
+    return EXIT_CODES.get(ReleaseState(manifest["state"]), 1)  # the same codes as `hailo-release run`
 
 
 if __name__ == "__main__":
