@@ -22,6 +22,8 @@ from release.transport import Transport
 AGENT_SOURCE = Path(__file__).with_name("device_agent.py")
 # The agent ships as these two standard-library files, side by side in the device's bin/.
 AGENT_FILES = (AGENT_SOURCE, Path(__file__).with_name("device_checks.py"))
+# The lease check at boot and every 30 s (systemd), for a device rebooted mid-canary.
+LEASE_UNITS = tuple(Path(__file__).with_name("data").joinpath("pi").glob("hailo-lease-check.*"))
 BUNDLE_FILES = ("manifest.json", "manifest.json.sig", "model.hef", "model.onnx", "hef_sha256sum.txt")
 AGENT_EXIT_INTEGRITY, AGENT_EXIT_PREFLIGHT, AGENT_EXIT_LOCKED, AGENT_EXIT_UNHEALTHY, AGENT_EXIT_LEASE = 3, 4, 5, 6, 7
 LAST_KNOWN_GOOD = "last-known-good"
@@ -88,11 +90,26 @@ def install_agent(transport: Transport, device: DeviceSpec, public_key: Path) ->
         raise StepFailed(f"device {device.name}: cannot create {root}: {res.stderr.strip()}")
     for source in AGENT_FILES:
         transport.upload(source, f"{root}/bin/{source.name}")
+    res = transport.run(["mkdir", "-p", f"{root}/systemd"], timeout=30)
+    if res.returncode != 0:
+        raise StepFailed(f"device {device.name}: cannot create {root}/systemd: {res.stderr.strip()}")
     transport.upload(public_key, f"{root}/release-signing.pub")
     with tempfile.TemporaryDirectory() as tmp:
+        for unit in render_lease_units(device, Path(tmp)):
+            transport.upload(unit, f"{root}/systemd/{unit.name}")
         cfg = Path(tmp) / "agent.json"
         cfg.write_text(json.dumps(agent_config(device, f"{root}/release-signing.pub"), indent=2))
         transport.upload(cfg, f"{root}/agent.json")
+
+
+def render_lease_units(device: DeviceSpec, dest: Path) -> list[Path]:
+    """The systemd lease-check units with this device's agent root and python filled in."""
+    out = []
+    for unit in sorted(LEASE_UNITS):
+        text = unit.read_text().replace("{root}", device.agent_root).replace("{python}", device.agent_python)
+        (dest / unit.name).write_text(text)
+        out.append(dest / unit.name)
+    return out
 
 
 def upload_bundle(transport: Transport, device: DeviceSpec, bundle_dir: Path, tag: str) -> None:

@@ -155,3 +155,36 @@ def test_stage_refuses_an_incomplete_upload(tmp_path: Path) -> None:
     (rel / "model.hef").unlink()
     code, body = _run(tmp_path, "stage", "v1")
     assert code == device_agent.EXIT_INTEGRITY and "missing" in str(body["detail"])
+
+
+def test_shipped_lease_timer_restores_a_canary_that_outlived_its_lease(tmp_path: Path) -> None:
+    """A device rebooted mid-canary: no watchdog survives, the lease file does. The systemd unit the
+    project ships runs the agent's check-lease, which restores (here: stops, no release was ever
+    committed) and records why."""
+    import shlex
+    import time
+
+    from release.deploy import render_lease_units
+    from release.devices import DeviceSpec
+
+    marker = tmp_path / "stopped"
+    spec = DeviceSpec(name="pi-boot", transport="local", agent_root=str(tmp_path), agent_python=sys.executable,
+                      gate_url="http://127.0.0.1:9", stop_command=[sys.executable, "-c", f"open({str(marker)!r}, 'w')"])
+    units = {p.name: p.read_text() for p in render_lease_units(spec, tmp_path)}
+    assert "OnBootSec=" in units["hailo-lease-check.timer"]
+    exec_start = next(line for line in units["hailo-lease-check.service"].splitlines() if line.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    (tmp_path / "bin").mkdir()
+    for name in ("device_agent.py", "device_checks.py"):
+        (tmp_path / "bin" / name).write_text((AGENT.parent / name).read_text())
+    _release(tmp_path, "v1")
+    (tmp_path / "agent.json").write_text(json.dumps({"stop_command": spec.stop_command}))
+    os.symlink("releases/v1", tmp_path / "current")
+    (tmp_path / "lease.json").write_text(json.dumps({"tag": "v1", "restore": None, "lease_s": 5,
+                                                     "deadline": time.time() - 1}))
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["expired"] == "v1"
+    assert marker.exists() and not (tmp_path / "current").exists() and not (tmp_path / "lease.json").exists()
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "lease_expired" and "without a commit" in events[-1]["detail"]
