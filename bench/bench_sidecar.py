@@ -151,7 +151,7 @@ def _cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def _launch(src: Path, env: dict[str, str], extra: list[str] | None = None) -> tuple[float, float, str]:
+def _launch(src: Path, env: dict[str, str], extra: list[str] | None = None, site: bool = False) -> tuple[float, float, str]:
     """One cold start of the sidecar from src; returns (wall seconds, on-CPU seconds, stderr)."""
     port = _port()
     paths = [str(src), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
@@ -159,7 +159,8 @@ def _launch(src: Path, env: dict[str, str], extra: list[str] | None = None) -> t
         paths.insert(1, str(REPO / "tests" / "doubles"))
     full = {**env, "PORT": str(port), "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-S", *(extra or []), "-m", "hailo_sidecar"], env=full,
+    flags = [] if site else ["-S"]
+    proc = subprocess.Popen([sys.executable, *flags, *(extra or []), "-m", "hailo_sidecar"], env=full,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         seconds = _first_infer(port, proc, t0)
@@ -215,6 +216,10 @@ def cold_start_rows(tmp: Path, model: Path) -> list[Row]:
         if old:
             out.append(Row(f"  old code ({BASELINE_COMMIT}) {label}", statistics.median(old), "ms", "-", None,
                            f"min {min(old):.0f} max {max(old):.0f}; on-CPU {statistics.median(old_cpu):.0f} ms"))
+        if mode == "stub":
+            with_site = [_launch(REPO / "sidecar", env, site=True)[0] * 1000 for _ in range(5)]
+            out.append(Row("  new, stub, with this dev venv's site hooks", statistics.median(with_site), "ms", "-", None,
+                           "no -S: the editable-install finders and namespace .pth files of the shared venv"))
         total, top = _import_breakdown(_launch(REPO / "sidecar", env, ["-X", "importtime"])[2])
         out.append(Row(f"  imports, new, {mode}", total, "ms", "-", None, top))
         if old_src is not None:
