@@ -145,3 +145,30 @@ def test_signed_bundle_published_to_gcs_and_verified_after_fetch(store, tmp_path
     _raw_client().bucket(store.bucket_name).blob("releases/v6/tcn_encoder-v6.hef").upload_from_string(b"\x01HEF evil")
     with pytest.raises(IntegrityError, match=r"\(changed: tcn_encoder-v6.hef\)"):
         verify_bundle(*fetch_all(tmp_path / "fetched2"), pub)
+
+
+def test_release_history_in_gcs_is_shared_and_create_only(store):
+    """The history on GCS: records are create-only (ifGenerationMatch=0), so racing workers on other
+    hosts never overwrite one another, and a second reader sees exactly the same chain."""
+    from release.history import History
+    from release.states import ReleaseEvent, advance, create
+
+    assert store.create_record("history/x.json", b"{}") is True
+    assert store.create_record("history/x.json", b"{\"other\": 1}") is False
+    assert store.read_record("history/x.json") == b"{}"
+    _raw_client().bucket(store.bucket_name).blob("records/history/x.json").delete()
+
+    def worker(i: int) -> None:
+        create(History(store), f"v{i}", device="pi", actor=f"worker-{i}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    advance(History(store), "v0", ReleaseEvent.VALIDATED, actor="t")
+    records = History(store).records()
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+    assert sorted(r.release_counter for r in records[:4]) == [1, 2, 3, 4]
+    with pytest.raises(ArtifactNotFound):
+        store.read_record("history/none.json")
