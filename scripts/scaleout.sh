@@ -36,6 +36,10 @@ VISIBILITY_TIMEOUT="${HAILO_SCALEOUT_VISIBILITY_TIMEOUT:-21600}"
 WAIT_S="${HAILO_SCALEOUT_WAIT_S:-300}"
 QUEUES=(hailo-builder edge)
 ADMIN_USER="admin"
+# fab: FAB auth manager with an admin and RELEASE_USER, who may only trigger and read the release
+# DAGs (role ReleaseTrigger, plugins/hailo_airflow/fab_roles.py); simple: SimpleAuthManager (one admin).
+AUTH="${HAILO_SCALEOUT_AUTH:-fab}"
+RELEASE_USER="ci-release"
 
 log() { printf '[scaleout] %s\n' "$*" >&2; }
 die() {
@@ -124,7 +128,7 @@ sys.stdout.write(Fernet.generate_key().decode() if sys.argv[1] == "fernet" else 
 provision_secrets() {
     mkdir -p "$SECRETS" && chmod 700 "$SECRETS"
     local name
-    for name in jwt_secret api_secret_key admin_password pg_password redis_password; do
+    for name in jwt_secret api_secret_key admin_password release_password pg_password redis_password; do
         secret "$name" token >/dev/null
     done
     secret fernet_key fernet >/dev/null
@@ -152,7 +156,12 @@ export_airflow_env() {
     AIRFLOW__CORE__FERNET_KEY="$(cat "$SECRETS/fernet_key")"
     export AIRFLOW__CORE__FERNET_KEY
     export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$API_PORT/execution/"
-    export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
+    if [ "$AUTH" = fab ]; then
+        export AIRFLOW__CORE__AUTH_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
+        export AIRFLOW__FAB__CONFIG_FILE="$STATE/control/webserver_config.py"
+    else
+        export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
+    fi
     export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="$ADMIN_USER:admin"
     export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$STATE/control/simple_auth_manager_passwords.json.generated"
     # TaskInstance.hostname = HAILO_WORKER_HOSTNAME when set (two workers on one host), else the FQDN.
@@ -246,6 +255,12 @@ init_airflow() {
     # A task in a pool that does not exist is never scheduled.
     AIRFLOW_HOME="$STATE/control" "$AIRFLOW" pools import "$REPO_ROOT/docker/airflow/pools.json" >>"$STATE/logs/migrate.log" 2>&1 ||
         die "airflow pools import failed: $STATE/logs/migrate.log"
+    if [ "$AUTH" = fab ]; then
+        # Users and the release role; passwords from the secret files (never argv).
+        AIRFLOW_HOME="$STATE/control" "$PY" -m hailo_airflow.fab_roles --user "$ADMIN_USER:Admin:$SECRETS/admin_password" \
+            --user "$RELEASE_USER:ReleaseTrigger:$SECRETS/release_password" >>"$STATE/logs/migrate.log" 2>&1 ||
+            die "creating the FAB users and roles failed: $STATE/logs/migrate.log"
+    fi
 }
 
 start_control_plane() {
@@ -289,11 +304,13 @@ EOF
 worker_ready() { grep -q "ready\." "$STATE/logs/worker-$1.log"; }
 
 write_stack_json() {
-    "$PY" - "$STATE/stack.json" "$API_PORT" "$ADMIN_USER" "$SECRETS/admin_password" "$STATE" "$(hostname -s)" "$HAILO_SIGNING_PUB" <<'EOF'
+    "$PY" - "$STATE/stack.json" "$API_PORT" "$ADMIN_USER" "$SECRETS/admin_password" "$STATE" "$(hostname -s)" "$HAILO_SIGNING_PUB" \
+        "$AUTH" "$RELEASE_USER" "$SECRETS/release_password" <<'EOF'
 import json, sys
-out, port, user, pw_file, state, host, pub = sys.argv[1:8]
+out, port, user, pw_file, state, host, pub, auth, release_user, release_pw_file = sys.argv[1:11]
 json.dump({
-    "url": f"http://127.0.0.1:{port}", "username": user, "password_file": pw_file, "state": state,
+    "url": f"http://127.0.0.1:{port}", "username": user, "password_file": pw_file, "state": state, "auth": auth,
+    "release_user": release_user if auth == "fab" else None, "release_password_file": release_pw_file,
     "artifact_root": f"{state}/store/artifacts", "ledger_dir": f"{state}/store/ledger", "signing_pub": pub,
     "workers": {q: {"celery_hostname": f"{q}@{host}", "task_hostname": f"{q}.{host}",
                     "pipeline_root": f"{state}/workers/{q}/pipeline"} for q in ("hailo-builder", "edge")},
@@ -303,11 +320,12 @@ EOF
 
 cmd_start() {
     [ -x "$AIRFLOW" ] || die "$AIRFLOW not found: run scripts/setup.sh (HAILO_VENV=$VENV)"
-    "$PY" -c 'import airflow.providers.celery, airflow.providers.postgres' 2>/dev/null ||
+    "$PY" -c 'import airflow.providers.celery, airflow.providers.postgres, airflow.providers.fab' 2>/dev/null ||
         die "$VENV lacks the Celery/PostgreSQL providers: install requirements/celery.lock (scripts/setup.sh)"
     local p
     for p in API_PORT PG_PORT REDIS_PORT BUILDER_LOG_PORT EDGE_LOG_PORT; do check_port_number "$p" "${!p}"; done
     [[ "$VISIBILITY_TIMEOUT" =~ ^[0-9]+$ ]] || die "HAILO_SCALEOUT_VISIBILITY_TIMEOUT must be seconds"
+    case "$AUTH" in fab | simple) ;; *) die "HAILO_SCALEOUT_AUTH=$AUTH: fab or simple" ;; esac
     mkdir -p "$STATE/logs/airflow" "$STATE/run" "$STATE/store/artifacts" "$STATE/store/ledger"
     STATE="$(cd "$STATE" && pwd)"
     provision_secrets
