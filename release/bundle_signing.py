@@ -5,10 +5,11 @@ A bundle is one flat directory: ``manifest.json``, one ``*.onnx``, one ``*.hef``
 every file's sha256) lives outside the directory, so changing, adding or removing any file fails
 verification, and the error names the file.
 
-Key mode (EC P-256 PEM key, fully offline) is the offline default; `KeylessBundleSigner` uses
-sigstore's keyless flow (Fulcio certificate + Rekor entry for the workflow's OIDC identity, e.g.
-GitHub Actions with ``permissions: id-token: write``) behind the same `BundleSigner` interface and
-is the production default there (`select_bundle_signer`).
+Key mode (`KeyBundleSigner`: the release key — EC P-256 PEM, or a cosign ``cosign.key`` with
+``COSIGN_PASSWORD`` — fully offline) signs every release bundle, because `verify_release` checks it
+with the release public key. `KeylessBundleSigner` uses sigstore's keyless flow (Fulcio certificate
++ Rekor entry for the workflow's OIDC identity, e.g. GitHub Actions with ``permissions: id-token:
+write``) behind the same `BundleSigner` interface; `hailo-release attest` uses it without ``--key``.
 
 model-signing's default hashing skips ``.git*`` / ``.github/`` paths, on signing *and* on
 verification; a release bundle has no such files, so both sides here hash every file — otherwise a
@@ -23,10 +24,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from cryptography.hazmat.primitives import serialization
+
 from release.checksums import parse_sha256sum, sha256_file
+from release.cosign_keys import is_cosign_key
 from release.errors import IntegrityError, InvalidInput, StepFailed
+from release.keys import load_private_key
 
 if TYPE_CHECKING:
+    import model_signing
     from model_signing import hashing
 
 MANIFEST_FILE = "manifest.json"
@@ -95,13 +101,32 @@ class KeyBundleSigner:
         check_bundle(bundle_dir)
         _check_signature_target(bundle_dir, signature)
         config = model_signing.signing.Config().set_hashing_config(_hashing_config())  # type: ignore[no-untyped-call]
+        if is_cosign_key(self.private_key):
+            # model-signing reads PEM only: decrypt here and hand it the PEM through a pipe, never a file.
+            key = load_private_key(self.private_key, self._password.encode() if self._password is not None else None)
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            read_fd, write_fd = os.pipe()
+            try:
+                os.write(write_fd, pem)
+                os.close(write_fd)
+                write_fd = -1
+                self._use_key(config, Path(f"/dev/fd/{read_fd}"), None)
+            finally:
+                os.close(read_fd)
+                if write_fd != -1:
+                    os.close(write_fd)
+        else:
+            self._use_key(config, self.private_key, self._password)
+        config.sign(bundle_dir, signature)
+        return signature
+
+    def _use_key(self, config: model_signing.signing.Config, path: Path, password: str | None) -> None:
         try:
-            config.use_elliptic_key_signer(private_key=self.private_key, password=self._password)
+            config.use_elliptic_key_signer(private_key=path, password=password)
         except (OSError, ValueError, TypeError) as exc:
             # The message names the key file and the failure type, never key material.
             raise InvalidInput(f"cannot use signing key {self.private_key}: {type(exc).__name__}") from None
-        config.sign(bundle_dir, signature)
-        return signature
 
 
 def github_workflow_identity(repository: str, workflow_path: str, ref: str) -> str:
@@ -155,16 +180,6 @@ class KeylessBundleSigner:
         except Exception as exc:  # sigstore raises TUF, network and OIDC errors of many types
             raise StepFailed(f"keyless signing of {bundle_dir.name} failed: {type(exc).__name__}: {exc}") from None
         return signature
-
-
-def select_bundle_signer(private_key: Path | None, environ: Mapping[str, str] | None = None) -> BundleSigner:
-    """Keyless inside GitHub Actions with an OIDC token (production default there); key mode otherwise."""
-    env = os.environ if environ is None else environ
-    if env.get("GITHUB_ACTIONS") == "true" and github_oidc_available(env):
-        return KeylessBundleSigner(environ=env)
-    if private_key is None:
-        raise InvalidInput("no OIDC identity (not in GitHub Actions) and no signing key: cannot sign the bundle")
-    return KeyBundleSigner(private_key)
 
 
 def signed_digests(signature: Path) -> dict[str, str]:

@@ -5,6 +5,10 @@ Format (sigstore/cosign pkg/cosign/keys.go, via secure-systems-lab encrypted): a
 `{"kdf": {"name": "scrypt", "params": {"N","r","p"}, "salt"}, "cipher": {"name": "nacl/secretbox",
 "nonce"}, "ciphertext"}`; scrypt(password) gives the 32-byte secretbox key; the plaintext is a
 PKCS#8 DER private key. Only ECDSA P-256 is accepted: it is what our signatures use.
+
+`release.keys.load_private_key` reads such a file (``HAILO_SIGNING_KEY=cosign.key``) with the
+password from ``COSIGN_PASSWORD``, as cosign does; the matching public key is cosign's ``cosign.pub``,
+a plain PEM that the device's ``openssl dgst -verify`` reads.
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ from release.errors import IntegrityError, InvalidInput
 
 PEM_TYPES = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
 _MAX_SCRYPT_N = 1 << 20  # refuse absurd work factors from a hostile file
+
+
+def is_cosign_key(path: Path) -> bool:
+    """True if ``path`` starts like a cosign encrypted key (a missing file is not one)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(64).lstrip()
+    except OSError:
+        return False
+    return any(head.startswith(f"-----BEGIN {t}-----".encode()) for t in PEM_TYPES)
 
 
 def load_cosign_private_key(path: Path, password: bytes) -> ec.EllipticCurvePrivateKey:

@@ -1,4 +1,9 @@
-"""EC P-256 signing keys (PEM) for manifests and images; never logged, written 0600."""
+"""EC P-256 signing keys for manifests and images; never logged, written 0600.
+
+A private key is a PEM (PKCS#8 or SEC1, optionally password-protected) or a cosign encrypted key
+(``cosign generate-key-pair``), whose password comes from ``COSIGN_PASSWORD`` as with cosign itself.
+Public keys are always PEM: the device verifies manifests with ``openssl dgst -sha256 -verify``.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +60,16 @@ def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
 
 
 def load_private_key(path: Path, password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    """Load a P-256 private key; a cosign key is decrypted with ``password`` or ``COSIGN_PASSWORD``."""
+    from release.cosign_keys import is_cosign_key, load_cosign_private_key
+
+    if is_cosign_key(path):
+        if password is None:
+            env_password = os.environ.get("COSIGN_PASSWORD")
+            if env_password is None:
+                raise InvalidInput(f"{path} is a cosign encrypted key: set COSIGN_PASSWORD to its password")
+            password = env_password.encode()
+        return load_cosign_private_key(path, password)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=password)
     except (OSError, ValueError, TypeError) as exc:

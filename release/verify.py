@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from release.checksums import write_sha256sum
@@ -20,6 +20,7 @@ from release.errors import StepFailed
 from release.keys import generate_dev_keypair, load_private_key, load_public_key
 from release.manifest import ReleaseManifest
 from release.manifest_signing import sign_bytes, verify_bytes
+from release.oci_signing import IdentityPolicy, identity_policy_from_env
 from release.pipeline_env import PipelineEnv
 from release.store import MANIFEST_NAME, ArtifactStore
 
@@ -33,10 +34,22 @@ def signing_key(env: PipelineEnv, production: bool) -> tuple[Path, Path]:
     """(private, public) release signing key: HAILO_SIGNING_KEY, or the dev key outside production."""
     configured = os.environ.get("HAILO_SIGNING_KEY")
     if configured:
-        return Path(configured), Path(os.environ.get("HAILO_SIGNING_PUB", configured + ".pub"))
+        return Path(configured), _public_half(Path(configured))
     if production:
         raise StepFailed("HAILO_SIGNING_KEY is not set: production releases are never signed with a generated dev key")
     return generate_dev_keypair(env.keys_dir)
+
+
+def _public_half(private: Path) -> Path:
+    """HAILO_SIGNING_PUB, else ``<key>.pub``, else cosign's sibling naming (``cosign.key`` → ``cosign.pub``)."""
+    explicit = os.environ.get("HAILO_SIGNING_PUB")
+    if explicit:
+        return Path(explicit)
+    appended = private.with_name(private.name + ".pub")
+    sibling = private.with_suffix(".pub")
+    if not appended.exists() and private.suffix == ".key" and sibling.exists():
+        return sibling
+    return appended
 
 
 def verify_signature(store: ArtifactStore, tag: str, manifest_name: str, sig_name: str, pub: Path) -> ReleaseManifest:
@@ -82,6 +95,7 @@ class VerifyPolicy:
     public_key: Path
     published: bool = False
     check_image: bool = True
+    identity: IdentityPolicy = field(default_factory=identity_policy_from_env)  # HAILO_IMAGE_IDENTITY_POLICY
 
 
 @dataclass(frozen=True)
@@ -108,5 +122,5 @@ def verify_release(store: ArtifactStore, tag: str, policy: VerifyPolicy, work_di
         from release.registry import ImageRef, RegistryClient
 
         ref = ImageRef.parse(f"{candidate.image.repository}@{candidate.image.digest}")
-        verify_image(RegistryClient(ref.registry), ref, load_public_key(policy.public_key))
+        verify_image(RegistryClient(ref.registry), ref, load_public_key(policy.public_key), policy.identity)
     return VerifiedRelease(tag, candidate, published, hef_name, signed_dir)

@@ -7,6 +7,7 @@ import base64
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,6 @@ from release.bundle_signing import (
     KeylessBundleSigner,
     check_bundle,
     github_workflow_identity,
-    select_bundle_signer,
     verify_bundle,
     verify_bundle_keyless,
 )
@@ -27,6 +27,7 @@ from release.manifest import ReleaseManifest
 from release.manifest_signing import sign_bytes, verify_bytes
 
 HEF = "tcn_encoder-v1.hef"
+COSIGN_KEY = Path(__file__).resolve().parents[1] / "data" / "cosign-test-sigstore-ec.key"  # cosign's own, "hello"
 
 
 def _make_bundle(root, onnx_path, manifest_bytes):
@@ -204,13 +205,32 @@ def test_keyless_signer_options():
     assert explicit["use_staging"] is True
 
 
-def test_select_bundle_signer(tmp_path):
-    assert isinstance(select_bundle_signer(None, GH_ENV), KeylessBundleSigner)
-    key = tmp_path / "k.pem"
-    assert isinstance(select_bundle_signer(key, {"GITHUB_ACTIONS": "true"}), KeyBundleSigner)  # no id-token grant
-    assert isinstance(select_bundle_signer(key, {}), KeyBundleSigner)
-    with pytest.raises(InvalidInput, match="no signing key"):
-        select_bundle_signer(None, {})
+def test_cosign_key_signs_the_bundle_with_cosign_password(signed_bundle, tmp_path, monkeypatch):
+    """HAILO_SIGNING_KEY=cosign.key: model-signing gets the decrypted key through a pipe, never a file."""
+    from release.cosign_keys import load_cosign_private_key
+    from release.keys import public_pem
+
+    bundle, _, _, _ = signed_bundle
+    key = tmp_path / "cosign.key"
+    key.write_bytes(COSIGN_KEY.read_bytes())
+    pub = tmp_path / "cosign.pub"
+    pub.write_bytes(public_pem(load_cosign_private_key(key, b"hello").public_key()))
+    monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
+    with pytest.raises(InvalidInput, match="COSIGN_PASSWORD"):
+        KeyBundleSigner(key).sign(bundle, tmp_path / "c.sig")
+    monkeypatch.setenv("COSIGN_PASSWORD", "wrong")
+    with pytest.raises(IntegrityError, match="wrong password"):
+        KeyBundleSigner(key).sign(bundle, tmp_path / "c.sig")
+    monkeypatch.setenv("COSIGN_PASSWORD", "hello")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    sig = KeyBundleSigner(key).sign(bundle, tmp_path / "c.sig")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "c.sig"])  # no key file left behind
+    verify_bundle(bundle, sig, pub)
+    _, other_pub = generate_dev_keypair(tmp_path / "other")
+    with pytest.raises(IntegrityError):
+        verify_bundle(bundle, sig, other_pub)
+    monkeypatch.delenv("COSIGN_PASSWORD")
+    assert KeyBundleSigner(key, password="hello").sign(bundle, tmp_path / "d.sig").is_file()
 
 
 def test_github_workflow_identity_grammar():

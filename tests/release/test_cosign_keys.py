@@ -41,3 +41,39 @@ def test_tampered_and_foreign_files_refused(tmp_path):
     pem.write_text(KEY.read_text().replace("ENCRYPTED SIGSTORE PRIVATE KEY", "PRIVATE KEY"))
     with pytest.raises(InvalidInput, match="not a cosign encrypted key"):
         load_cosign_private_key(pem, b"hello")
+
+
+def test_cosign_key_as_hailo_signing_key_signs_manifests_the_device_verifies(tmp_path, monkeypatch, manifest_factory):
+    """HAILO_SIGNING_KEY=cosign.key + COSIGN_PASSWORD: signing_key finds cosign.pub beside it, the manifest
+    signature verifies with the real openssl (as the device agent does) against that PEM public key."""
+    import shutil
+    import subprocess
+
+    from release.keys import key_id, load_private_key, load_public_key, public_pem
+    from release.manifest_signing import sign_bytes
+    from release.verify import signing_key
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl binary is required (the device agent verifies with it)")
+    key = tmp_path / "cosign.key"
+    key.write_bytes(KEY.read_bytes())
+    (tmp_path / "cosign.pub").write_bytes(public_pem(load_cosign_private_key(KEY, b"hello").public_key()))
+    monkeypatch.setenv("HAILO_SIGNING_KEY", str(key))
+    monkeypatch.delenv("HAILO_SIGNING_PUB", raising=False)
+    monkeypatch.setenv("COSIGN_PASSWORD", "hello")
+    priv, pub = signing_key(None, production=True)  # env unused when the key is set
+    assert (priv, pub) == (key, tmp_path / "cosign.pub")
+    assert key_id(load_public_key(pub)) == key_id(load_private_key(priv).public_key())
+    data = manifest_factory().canonical_json()
+    (tmp_path / "manifest.json").write_bytes(data)
+    (tmp_path / "manifest.json.sig").write_bytes(sign_bytes(data, load_private_key(priv)))
+    res = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature",
+                          str(tmp_path / "manifest.json.sig"), str(tmp_path / "manifest.json")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "Verified OK" in res.stdout
+    # An explicit HAILO_SIGNING_PUB wins; <key>.pub is the default otherwise.
+    monkeypatch.setenv("HAILO_SIGNING_PUB", str(tmp_path / "elsewhere.pub"))
+    assert signing_key(None, production=True)[1] == tmp_path / "elsewhere.pub"
+    monkeypatch.delenv("HAILO_SIGNING_PUB")
+    (tmp_path / "cosign.pub").unlink()
+    assert signing_key(None, production=True)[1] == tmp_path / "cosign.key.pub"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -88,3 +89,24 @@ def test_encrypted_key_needs_its_password(tmp_path):
         load_private_key(path)
     with pytest.raises(InvalidInput):
         load_private_key(path, password=b"wrong")
+
+
+COSIGN_KEY = Path(__file__).resolve().parents[1] / "data" / "cosign-test-sigstore-ec.key"  # cosign's own, "hello"
+
+
+def test_cosign_encrypted_key_loads_with_cosign_password(tmp_path, monkeypatch):
+    from release.errors import IntegrityError
+
+    monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
+    with pytest.raises(InvalidInput, match="set COSIGN_PASSWORD"):
+        load_private_key(COSIGN_KEY)
+    monkeypatch.setenv("COSIGN_PASSWORD", "wrong")
+    with pytest.raises(IntegrityError, match="wrong password"):
+        load_private_key(COSIGN_KEY)
+    monkeypatch.setenv("COSIGN_PASSWORD", "hello")
+    key = load_private_key(COSIGN_KEY)
+    assert key.curve.name == "secp256r1"
+    assert load_private_key(COSIGN_KEY, password=b"hello").private_numbers() == key.private_numbers()
+    # A PEM key ignores COSIGN_PASSWORD.
+    priv, _ = generate_dev_keypair(tmp_path / "k")
+    assert load_private_key(priv).curve.name == "secp256r1"
