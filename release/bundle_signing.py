@@ -19,7 +19,6 @@ verification; a release bundle has no such files, so both sides here hash every 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -38,10 +37,6 @@ if TYPE_CHECKING:
 MANIFEST_FILE = "manifest.json"
 HEF_CHECKSUM_FILE = "hef_sha256sum.txt"
 BUNDLE_SIGNATURE_NAME = "bundle.sig"
-GITHUB_OIDC_ISSUER = "https://token.actions.githubusercontent.com"
-_GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-_GITHUB_WORKFLOW = re.compile(r"^\.github/workflows/[A-Za-z0-9_.-]+\.ya?ml$")
-_GITHUB_REF = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9_./-]+$")
 
 
 class BundleSigner(Protocol):
@@ -127,17 +122,6 @@ class KeyBundleSigner:
         except (OSError, ValueError, TypeError) as exc:
             # The message names the key file and the failure type, never key material.
             raise InvalidInput(f"cannot use signing key {self.private_key}: {type(exc).__name__}") from None
-
-
-def github_workflow_identity(repository: str, workflow_path: str, ref: str) -> str:
-    """The certificate identity (SAN URI) Fulcio gives a GitHub Actions workflow run."""
-    if not _GITHUB_REPO.fullmatch(repository):
-        raise InvalidInput(f"GitHub repository {repository!r} is not OWNER/NAME")
-    if not _GITHUB_WORKFLOW.fullmatch(workflow_path):
-        raise InvalidInput(f"workflow path {workflow_path!r} is not .github/workflows/<file>.yml")
-    if not _GITHUB_REF.fullmatch(ref) or ".." in ref:
-        raise InvalidInput(f"git ref {ref!r} is not refs/heads/... or refs/tags/...")
-    return f"https://github.com/{repository}/{workflow_path}@{ref}"
 
 
 def github_oidc_available(environ: Mapping[str, str]) -> bool:
@@ -251,9 +235,3 @@ def verify_bundle(bundle_dir: Path, signature: Path, public_key: Path) -> None:
     """Key mode: raise IntegrityError, naming what failed, unless every file matches the signature."""
     _verify(bundle_dir, signature, lambda c: c.use_elliptic_key_verifier(public_key=public_key))
 
-
-def verify_bundle_keyless(bundle_dir: Path, signature: Path, identity: str, oidc_issuer: str = GITHUB_OIDC_ISSUER,
-                          use_staging: bool = False) -> None:
-    """Keyless: the certificate must name `identity` issued by `oidc_issuer` (needs sigstore's trust root)."""
-    _verify(bundle_dir, signature,
-            lambda c: c.use_sigstore_verifier(identity=identity, oidc_issuer=oidc_issuer, use_staging=use_staging))
