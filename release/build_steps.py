@@ -120,6 +120,10 @@ def compile_hef(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, com
     if sha256_file(onnx_local) != validated.onnx.sha256:
         raise IntegrityError(f"release {req.release_tag}: model.onnx in the store does not match the validated sha256")
     calib, _ = write_calibration_set(work / "calibration")
+    if command_runner is None and env.compiler_image:  # the CLI path: `docker run` per stage (Airflow: Docker hook)
+        from release.compile import ContainerRunner
+
+        command_runner = ContainerRunner(env.compiler_image, docker=env.docker_bin or "docker")
     hailo = "hailo" if command_runner is not None else env.hailo_bin
     out = run_compile(
         onnx_local, tag=req.release_tag, net_name=NET_NAME, work_dir=work, artifacts_dir=work / "artifacts",
@@ -139,13 +143,15 @@ def compile_hef(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, com
         status, reason = "double", f"DFC CLI test double ({'cached' if out.cached else 'compiled'})"
     else:
         status, reason = "real", f"DFC {out.dfc_version} ({'cache hit' if out.cached else 'compiled'})"
+    if out.compiler_image:
+        reason += f" in compiler image {out.compiler_image}"
     result = CompileResult(
         step=_timed("compile", status, reason, t0),
         hef=HefArtifact(
             uri=store.uri(req.release_tag, out.hef_path.name), hef_sha256=out.hef_sha256, size=out.size,
             hw_arch=out.hw_arch, dfc_version=out.dfc_version, hailort_version=out.hailort_version,
             calibration_sha256=out.calibration_sha256, model_script_sha256=out.model_script_sha256,
-            real_compile=out.real, placeholder=out.placeholder,
+            real_compile=out.real, placeholder=out.placeholder, compiler_image=out.compiler_image,
         ),
         hef_name=out.hef_path.name, sums_name="hef_sha256sum.txt",
     )

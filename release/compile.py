@@ -65,7 +65,17 @@ class CommandResult:
 
 
 class CommandRunner(Protocol):
+    """Runs one DFC argv in ``cwd``. A runner that runs it in a container also has a
+    ``resolved_image`` attribute (set by its first run): the image it ran in, pinned by digest
+    (:func:`image_reference`); the compile result and the manifest record it."""
+
     def run(self, argv: Sequence[str], cwd: Path, timeout_s: float) -> CommandResult: ...
+
+
+def image_reference(image_id: str, repo_digests: Sequence[str] = ()) -> str:
+    """What the manifest records for the compiler image: its registry digest (``repo@sha256:…``)
+    when the image came from a registry, otherwise the local image ID (``sha256:…``)."""
+    return sorted(repo_digests)[0] if repo_digests else image_id
 
 
 def _run_process(argv: Sequence[str], cwd: Path, timeout_s: float, what: str) -> CommandResult:
@@ -167,7 +177,10 @@ def container_command(
 
 
 class ContainerRunner:
-    """Runs each DFC command in the compiler container with `docker run --rm` (no Airflow needed)."""
+    """Runs each DFC command in the compiler container with `docker run --rm` (no Airflow needed).
+
+    The image is resolved once, at the first run, to its ID: every stage runs in that exact image
+    (a tag moved mid-compile cannot mix two DFCs) and ``resolved_image`` says which one it was."""
 
     def __init__(
         self,
@@ -181,12 +194,28 @@ class ContainerRunner:
     ) -> None:
         self.image, self.docker, self.license_path, self.user = image, docker, license_path, user
         self.extra_mounts, self.environment = tuple(extra_mounts), dict(environment or {})
+        self.image_id: str | None = None
+        self.resolved_image: str | None = None
+
+    def resolve(self, cwd: Path) -> str:
+        if self.image_id is None:
+            res = _run_process([self.docker, "image", "inspect", self.image], cwd, 60, "install Docker to run the compiler image")
+            if res.returncode != 0:
+                raise ToolNotFound(
+                    f"compiler image {self.image} is not on this Docker engine ({res.stderr.strip()[-300:]}); "
+                    "build it from docker/hailo_compiler (see its README) or load it"
+                )
+            info = json.loads(res.stdout)[0]
+            self.image_id = str(info["Id"])
+            self.resolved_image = image_reference(self.image_id, info.get("RepoDigests") or ())
+        return self.image_id
 
     def command(self, argv: Sequence[str], cwd: Path) -> ContainerCommand:
-        return container_command(self.image, argv, cwd, license_path=self.license_path, user=self.user,
+        return container_command(self.image_id or self.image, argv, cwd, license_path=self.license_path, user=self.user,
                                  extra_mounts=self.extra_mounts, environment=self.environment)
 
     def run(self, argv: Sequence[str], cwd: Path, timeout_s: float) -> CommandResult:
+        self.resolve(cwd)
         docker_argv = self.command(argv, cwd).docker_run_argv(self.docker)
         return _run_process(docker_argv, cwd, timeout_s, "install Docker to run the compiler image")
 
@@ -211,6 +240,7 @@ class CompileResult(BaseModel):
     real: bool  # a licensed DFC compiled it (not the test double, not a placeholder)
     placeholder: bool
     compiled_by_double: bool = False
+    compiler_image: str | None = None  # the container image the DFC ran in (image_reference); None = host
     cached: bool
     cache_key: str | None = None
     logs_dir: Path | None
@@ -296,6 +326,7 @@ class _CacheEntry(BaseModel):
     hailort_version: str
     compiled_by_double: bool
     stage_seconds: dict[str, float]
+    compiler_image: str | None = None
 
 
 def _cache_lookup(entry_dir: Path, net_name: str) -> _CacheEntry | None:
@@ -378,7 +409,8 @@ def compile_hef(
     """Compile ``onnx_path`` to ``artifacts_dir/<net>-<tag>.hef`` plus ``hef_sha256sum.txt``.
 
     ``runner=None`` runs ``hailo`` on this host (resolved on PATH); a :class:`ContainerRunner`
-    (or the Airflow DockerOperator runner) runs the same argv in the compiler container.
+    (or the Airflow task's Docker-hook runner) runs the same argv in the compiler container and the
+    result records that image (``compiler_image``).
     ``allow_placeholder`` (dev only) writes a marked placeholder when no DFC is installed.
     """
     tag = ReleaseTag(tag).value
@@ -432,8 +464,9 @@ def compile_hef(
         hit = _cache_lookup(entry_dir, net_name)
         if hit is not None:
             shutil.copyfile(entry_dir / f"{net_name}.hef", hef_out)
+            # The HEF was compiled where the entry says (the image of this run only answered --version).
             return _result(hef_out, sums, net_name, hw_arch, versions, onnx_sha, calib_sha, script_sha, key,
-                           cached=True, logs_dir=entry_dir / "logs", stages=stages)
+                           cached=True, logs_dir=entry_dir / "logs", stages=stages, compiler_image=hit.compiler_image)
 
     # The DFC sees its inputs under the build dir (the only mount inside the container).
     shutil.copyfile(onnx_path, build / "model.onnx")
@@ -455,6 +488,7 @@ def compile_hef(
     (build / out_dir).mkdir(exist_ok=True)
     for stage in STAGES:
         stages[stage] = _run_stage(runner, stage, argvs[stage], build, timeout_s)
+    ran_in = getattr(runner, "resolved_image", None)
     produced = build / out_dir / f"{net_name}.hef"
     if not produced.is_file():
         raise StepFailed(f"`hailo compiler` exited 0 but wrote no HEF at {produced}; logs in {build}")
@@ -468,14 +502,15 @@ def compile_hef(
     if entry_dir is not None:
         _cache_store(entry_dir, net_name, produced, build, _CacheEntry(
             hef_sha256=sha256_file(produced), dfc_version=versions.dfc, hailort_version=versions.hailort,
-            compiled_by_double=versions.is_double, stage_seconds=stages))
+            compiled_by_double=versions.is_double, stage_seconds=stages, compiler_image=ran_in))
     return _result(hef_out, sums, net_name, hw_arch, versions, onnx_sha, calib_sha, script_sha, key,
-                   cached=False, logs_dir=build, stages=stages)
+                   cached=False, logs_dir=build, stages=stages, compiler_image=ran_in)
 
 
 def _result(
     hef_out: Path, sums: Path, net: str, arch: str, versions: DfcVersions, onnx_sha: str, calib_sha: str,
     script_sha: str | None, key: str, *, cached: bool, logs_dir: Path, stages: dict[str, float],
+    compiler_image: str | None,
 ) -> CompileResult:
     write_sha256sum([hef_out], sums)
     report = logs_dir / "parsing_report.json"
@@ -485,6 +520,7 @@ def _result(
         onnx_sha256=onnx_sha, calibration_sha256=calib_sha, model_script_sha256=script_sha,
         real=not versions.is_double, compiled_by_double=versions.is_double, placeholder=False, cached=cached,
         cache_key=key, logs_dir=logs_dir, parsing_report=report if report.is_file() else None, stage_seconds=stages,
+        compiler_image=compiler_image,
     )
 
 

@@ -61,6 +61,11 @@ class HefArtifact(_Frozen):
     model_script_sha256: Sha256Hex | None
     real_compile: bool
     placeholder: bool
+    compiler_image: str | None = Field(
+        None, min_length=1,
+        description="the compiler container image the DFC ran in: its registry digest (repo@sha256:...) or local "
+        "image ID (sha256:...); null when the DFC ran on the host or no DFC ran (placeholder)",
+    )
 
     @field_validator("placeholder")
     @classmethod

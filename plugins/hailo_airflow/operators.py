@@ -16,12 +16,18 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+COMPILER_IMAGE_VARIABLE = "hailo_compiler_image"
+
+
 class HailoCompileOperator(BaseOperator):
     """Compile the validated ONNX into a HEF with the Hailo DFC.
 
-    With ``compiler_image`` (or HAILO_COMPILER_IMAGE) the three DFC stages run inside the
-    x86_64 compiler container through the Docker provider's DockerOperator; otherwise on the
-    host (`hailo` on PATH), or, in dev mode only, as a marked placeholder.
+    The compiler image is ``compiler_image`` if given, else HAILO_COMPILER_IMAGE
+    (``PipelineEnv.compiler_image``), else the Airflow Variable ``hailo_compiler_image``. With one,
+    the DFC (``--version`` and the three stages) runs inside that x86_64 container through the
+    Docker provider's hook (``DockerHookRunner``, created lazily here) and the manifest records the
+    image's digest; without one, ``hailo`` on the host runs, or, in dev mode only, a marked
+    placeholder is written.
     """
 
     template_fields: Sequence[str] = ("request", "compiler_image", "docker_url")
@@ -32,6 +38,7 @@ class HailoCompileOperator(BaseOperator):
         request: Any,
         compiler_image: str | None = None,
         docker_url: str = "unix://var/run/docker.sock",
+        docker_conn_id: str | None = None,
         license_path: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -39,22 +46,33 @@ class HailoCompileOperator(BaseOperator):
         self.request = request
         self.compiler_image = compiler_image
         self.docker_url = docker_url
+        self.docker_conn_id = docker_conn_id
         self.license_path = license_path
+
+    def resolve_compiler_image(self) -> str | None:
+        if self.compiler_image:
+            return str(self.compiler_image)
+        from release.pipeline_env import PipelineEnv
+
+        from_env = PipelineEnv.from_env().compiler_image
+        if from_env:
+            return from_env
+        from airflow.sdk import Variable
+
+        value = Variable.get(COMPILER_IMAGE_VARIABLE, default=None)
+        return str(value) if value else None
 
     def execute(self, context: Context) -> dict[str, Any]:
         from hailo_airflow.steps import run_step
 
         runner = None
-        if self.compiler_image:
-            from hailo_airflow.docker_compile import DockerOperatorRunner
+        image = self.resolve_compiler_image()
+        if image:
+            from hailo_airflow.docker_compile import DockerHookRunner
 
-            runner = DockerOperatorRunner(
-                image=self.compiler_image,
-                docker_url=self.docker_url,
-                license_path=self.license_path,
-                context=context,
-                task_id=self.task_id,
-            )
+            runner = DockerHookRunner(image=image, docker_url=self.docker_url, docker_conn_id=self.docker_conn_id,
+                                      license_path=self.license_path)
+            self.log.info("compiling in the compiler image %s through the Docker hook (%s)", image, self.docker_url)
         from release.build_steps import compile_hef
 
         return run_step(compile_hef, self.request, command_runner=runner)

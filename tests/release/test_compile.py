@@ -244,6 +244,10 @@ def test_container_command_as_data_and_argv(tmp_path):
     assert env_argv[env_argv.index("--env") + 1] == "HTTPS_PROXY=http://p:3128"
 
 
+IMAGE_ID = "sha256:" + "cd" * 32
+REPO_DIGEST = "registry.example/hailo-compiler@sha256:" + "ab" * 32
+
+
 def test_container_runner_drives_the_same_stages(doubles_on_path, sample_onnx_path, calib, tmp_path):
     """ContainerRunner with a `docker` double that checks the run argv, then executes the command in
     the mounted dir: the compile's argv are relative and work unchanged inside the container."""
@@ -251,19 +255,24 @@ def test_container_runner_drives_the_same_stages(doubles_on_path, sample_onnx_pa
     docker.write_text(
         "#!/usr/bin/env python3\n"
         "# test double of `docker run` for the compiler image: checks the argv, runs the command in the /work mount\n"
-        "import os, subprocess, sys\n"
+        "import json, os, subprocess, sys\n"
         "a = sys.argv[1:]\n"
+        "if a[:2] == ['image', 'inspect']:\n"
+        "    assert a[2:] == ['hailo-compiler:test'], a\n"
+        f"    print(json.dumps([{{'Id': '{IMAGE_ID}', 'RepoDigests': ['{REPO_DIGEST}']}}]))\n"
+        "    sys.exit(0)\n"
         "assert a[:9] == ['run', '--rm', '--platform', 'linux/amd64', '--network', 'none', '-w', '/work', '--user'], a\n"
         "i = a.index('--mount')\n"
         "src = a[i + 1].split(',')[1].removeprefix('source=')\n"
         "assert a[i + 1].endswith(',target=/work'), a\n"
-        "assert a[i + 2:i + 5] == ['--entrypoint', 'hailo', 'hailo-compiler:test'], a\n"
+        f"assert a[i + 2:i + 5] == ['--entrypoint', 'hailo', '{IMAGE_ID}'], a\n"  # every stage in the resolved image
         "sys.exit(subprocess.run(['hailo', *a[i + 5:]], cwd=src, stdin=subprocess.DEVNULL).returncode)\n"
     )
     docker.chmod(0o755)
     runner = ContainerRunner("hailo-compiler:test", docker=str(docker))
     out = _compile(tmp_path, sample_onnx_path, calib, runner=runner, hailo="hailo")
     assert out.compiled_by_double and check_hef(out.hef_path) == "hef"
+    assert out.compiler_image == REPO_DIGEST  # a registry image is recorded by its registry digest
     with pytest.raises(ToolNotFound, match="Docker"):
         _compile(tmp_path, sample_onnx_path, calib, runner=ContainerRunner("img", docker=str(tmp_path / "no-docker")))
 
@@ -313,11 +322,18 @@ def test_compile_in_a_real_container(docker_cli, base_image, doubles_on_path, sa
     assert (out.dfc_version, out.hailort_version) == ("3.33.0", "4.23.0")
     assert out.logs_dir is not None and (out.logs_dir / "hailo_sdk.client.log").is_file()
     assert (out.logs_dir / "out" / "tcn_encoder.hef").stat().st_uid == os.getuid()  # written as the caller
+    image_id = subprocess.run([docker_cli, "image", "inspect", "-f", "{{.Id}}", base_image], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    assert out.compiler_image == runner.resolved_image == image_id  # pinned by ID: every stage ran in it
+    # A cache hit on the host reports the image the cached HEF was compiled in, not the host.
+    hit = _compile(tmp_path, sample_onnx_path, calib, hailo=str(DOUBLES_BIN / "hailo"), cache_dir=tmp_path / "cache",
+                   work_dir=tmp_path / "w-hit")
+    assert hit.cached and hit.compiler_image == image_id and hit.hef_sha256 == out.hef_sha256
     # Same inputs compiled on the host give the same HEF: the argv are identical in both places.
     host = compile_hef(sample_onnx_path, tag="v1", net_name="tcn_encoder", work_dir=tmp_path / "host",
                        artifacts_dir=tmp_path / "host-artifacts", calib_path=calib,
                        hailo=str(DOUBLES_BIN / "hailo"))
-    assert host.hef_sha256 == out.hef_sha256
+    assert host.hef_sha256 == out.hef_sha256 and host.compiler_image is None
     # A failing stage in the container surfaces the same way.
     failing = ContainerRunner(base_image, docker=docker_cli, extra_mounts=ro,
                               environment={**runner.environment, "HAILO_DOUBLE_FAIL_STAGE": "optimize"})
