@@ -110,7 +110,7 @@ class BindMount(BaseModel):
 
 
 class ContainerCommand(BaseModel):
-    """One DFC command inside the x86_64 compiler container, as data: the Airflow DockerOperator
+    """One DFC command inside the x86_64 compiler container, as data: the Airflow task's Docker hook
     (image, entrypoint, command, mounts, working_dir, user, environment, network_mode) and `docker run`
     build the same container. ``entrypoint`` is the tool (``hailo``), so the command works whether or
     not the image declares ``ENTRYPOINT ["hailo"]``."""

@@ -30,7 +30,7 @@ class PipelineEnv(BaseModel):
     devices_file: Path | None
     registry: str | None = Field(description="host:port of the OCI registry to push to, None = no registry")
     image_repository: str = "hailo-runtime"
-    compiler_image: str | None = None
+    compiler_image: str | None = Field(None, description="HAILO_COMPILER_IMAGE: run the DFC in this image")
     hailo_bin: str | None = Field(description="path of the `hailo` DFC CLI when installed")
     docker_bin: str | None = None
     hailort_wheel: Path | None = Field(None, description="HailoRT's Pi wheel to install in the runtime image")
