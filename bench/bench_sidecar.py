@@ -13,6 +13,7 @@ a plain venv with only the sidecar installed, does not have. The same flags appl
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -188,8 +189,23 @@ def _import_breakdown(stderr: str, top: int = 7) -> tuple[float, str]:
 
 
 def cold_start_rows(tmp: Path, model: Path) -> list[Row]:
+    """Old and new at the same raised priority (SIDECAR_BENCH_NICE, default -10 when allowed): the
+    targets are for a quiet machine, and on a shared CI host other jobs' load otherwise decides
+    the wall times (medians moved 2-3x with the load average here); on-CPU time is shown too."""
     old_src = _old_tree(tmp)
     load = os.getloadavg()[0]
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    with contextlib.suppress(PermissionError, ValueError):
+        os.setpriority(os.PRIO_PROCESS, 0, int(os.environ.get("SIDECAR_BENCH_NICE", "-10")))
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        return _cold_start_rows(tmp, model, old_src, f"load avg {load:.1f}, nice {nice}")
+    finally:
+        with contextlib.suppress(PermissionError):
+            os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
+def _cold_start_rows(tmp: Path, model: Path, old_src: Path | None, conditions: str) -> list[Row]:
     out: list[Row] = []
     for mode in ("stub", "hailo", "onnx"):
         env = _mode_env(mode, tmp, model)
@@ -212,7 +228,7 @@ def cold_start_rows(tmp: Path, model: Path) -> list[Row]:
         old_note = f"old code {statistics.median(old):.0f} ms (median, same run)" if old else "old code: baseline commit unavailable"
         out.append(Row(f"cold start {label}", med_new, "ms", f"<= {target:.0f}", med_new <= target,
                        f"{old_note}; new min {min(new):.0f} max {max(new):.0f}; on-CPU {statistics.median(new_cpu):.0f} ms; "
-                       f"load avg {load:.1f}"))
+                       f"{conditions}"))
         if old:
             out.append(Row(f"  old code ({BASELINE_COMMIT}) {label}", statistics.median(old), "ms", "-", None,
                            f"min {min(old):.0f} max {max(old):.0f}; on-CPU {statistics.median(old_cpu):.0f} ms"))
