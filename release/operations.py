@@ -22,7 +22,7 @@ from release.pipeline_env import PipelineEnv
 from release.request import ReleaseRequest
 from release.states import ON_DEVICE, ReleaseEvent, ReleaseState, advance, current_state, transition
 from release.store import MANIFEST_NAME, ArtifactStore
-from release.targets import inventory, open_transport
+from release.targets import connected, inventory
 from release.verify import VerifyPolicy, publish_signed, signing_key, verify_release
 
 if TYPE_CHECKING:
@@ -61,6 +61,12 @@ def previous_committed(history: History, device: str) -> str | None:
     return None
 
 
+def _request_for(manifest: ReleaseManifest, device: str, actor: str) -> ReleaseRequest:
+    """The request a stored candidate was made from, enough to settle and publish it."""
+    return ReleaseRequest.parse({"continuity_id": manifest.continuity_id, "release_tag": manifest.release_tag,
+                                 "device": device, "config_version": manifest.config_version, "triggered_by": actor})
+
+
 def rollback_device(
     env: PipelineEnv, store: ArtifactStore, *, device: str, to: str, reason: str, triggered_by: str,
     ssh_client_factory: SshFactory = None,
@@ -83,12 +89,9 @@ def rollback_device(
     if from_tag is not None and from_tag != target:
         transition(current_state(history, from_tag) or ReleaseState.FAILED, ReleaseEvent.ROLLBACK)  # refuse before acting
     hef = verified.candidate.hef.hef_sha256
-    transport = open_transport(spec, ssh_client_factory)
-    try:
+    with connected(spec, ssh_client_factory) as transport:
         dep.install_agent(transport, spec, pub)
         reply = dep.rollback(transport, spec, target, expect_hef=hef)
-    finally:
-        transport.close()
     seconds = time.monotonic() - t0
     counter = history.next_counter()
     detail = {"restored": target, "restored_hef_sha256": hef, "seconds": round(seconds, 3), "entry_counter": counter}
@@ -130,8 +133,7 @@ def decide_held(
     event = ReleaseEvent.APPROVE if decision == "approve" else ReleaseEvent.ROLLBACK
     state = current_state(history, tag) or held.state
     new_state = transition(state, event)
-    transport = open_transport(spec, ssh_client_factory)
-    try:
+    with connected(spec, ssh_client_factory) as transport:
         current = dep.status(transport, spec).get("current")
         if current != tag:
             raise StepFailed(f"device {device} no longer runs the held release {tag} (it runs {current}); nothing to decide")
@@ -142,8 +144,6 @@ def decide_held(
         else:
             detail = restore_last_known_good(history, spec, transport)
             note = f"restored {detail['restored'] or 'nothing'} in {detail['seconds']:.1f}s"
-    finally:
-        transport.close()
     seconds = time.monotonic() - t0
     counter = history.next_counter()
     advance(history, tag, event, actor=decided_by, device=device, reason=f"held release {decision}d: {reason}",
@@ -224,11 +224,8 @@ def status(env: PipelineEnv, store: ArtifactStore, device: str, ssh_client_facto
 
     history = History(store)
     spec = inventory(env).get(device)
-    transport = open_transport(spec, ssh_client_factory)
-    try:
+    with connected(spec, ssh_client_factory) as transport:
         view = dep.status(transport, spec)
-    finally:
-        transport.close()
     lkg = history.last_known_good(device)
     in_flight = history.in_flight(device)
     result = DeviceStatus(device, view, lkg[0] if lkg else None, in_flight,
@@ -256,9 +253,7 @@ def publish_missing_finals(env: PipelineEnv, store: ArtifactStore, history: Hist
             store.exists(tag, "manifest.candidate.json") and not store.is_published(tag)
         ):
             manifest = ReleaseManifest.from_json(store.get_bytes(tag, "manifest.candidate.json"))
-            req = ReleaseRequest.parse({"continuity_id": manifest.continuity_id, "release_tag": tag, "device": device,
-                                        "config_version": manifest.config_version, "triggered_by": actor})
-            publish_final(req, env, store, [StepRecord(name="reconcile", status="real",
+            publish_final(_request_for(manifest, device, actor), env, store, [StepRecord(name="reconcile", status="real",
                                                        reason=f"final manifest published late, from the history ({state})")])
             done.append(tag)
     return done
@@ -276,14 +271,10 @@ def reconcile(env: PipelineEnv, store: ArtifactStore, device: str, *, actor: str
     if tag is None:
         return {"device": device, "in_flight": None, "recorded": None, "published": repaired}
     spec = inventory(env).get(device)
-    transport = open_transport(spec, ssh_client_factory)
-    try:
+    with connected(spec, ssh_client_factory) as transport:
         view = dep.status(transport, spec)
-    finally:
-        transport.close()
     manifest = ReleaseManifest.from_json(store.get_bytes(tag, "manifest.candidate.json"))
-    req = ReleaseRequest.parse({"continuity_id": manifest.continuity_id, "release_tag": tag, "device": device,
-                                "config_version": manifest.config_version, "triggered_by": actor})
+    req = _request_for(manifest, device, actor)
     now = time.monotonic()
     detail: dict[str, Any]
     if view.get("committed") == tag:
@@ -301,11 +292,8 @@ def reconcile(env: PipelineEnv, store: ArtifactStore, device: str, *, actor: str
     if event is ReleaseEvent.PROMOTE and state is not ReleaseState.GATE_PASSED and state is not ReleaseState.HELD:
         event = ReleaseEvent.ROLLBACK  # a commit the gate never allowed cannot stand: restore below
     if event is ReleaseEvent.ROLLBACK and view.get("committed") == tag:
-        transport = open_transport(spec, ssh_client_factory)
-        try:
+        with connected(spec, ssh_client_factory) as transport:
             detail = restore_last_known_good(history, spec, transport)
-        finally:
-            transport.close()
     advance(history, tag, event, actor=actor, device=device, reason=why, detail=detail)
     final = publish_final(req, env, store, [StepRecord(name="reconcile", status="real", reason=why,
                                                        duration_s=round(time.monotonic() - now, 3))])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from release.devices import DeviceSpec, Inventory, load_inventory
@@ -46,3 +47,13 @@ def open_transport(device: DeviceSpec, ssh_client_factory: Callable[[], Any] | N
     if not (device.host and device.user and device.key_file and device.known_hosts):
         raise InvalidInput(f"device {device.name}: ssh transport needs host, user, key_file and known_hosts")
     return ParamikoTransport(connect_ssh(device.host, device.port, device.user, device.key_file, device.known_hosts))
+
+
+@contextlib.contextmanager
+def connected(device: DeviceSpec, ssh_client_factory: Callable[[], Any] | None = None) -> Iterator[Any]:
+    """A transport to ``device`` for the length of a ``with`` block, closed whatever happens."""
+    transport = open_transport(device, ssh_client_factory)
+    try:
+        yield transport
+    finally:
+        transport.close()
