@@ -18,6 +18,7 @@ from pathlib import Path
 
 from release.errors import InvalidInput, RefusedForProduction, StepFailed, ToolNotFound
 from release.identifiers import ReleaseTag
+from release.progress import report_phase
 
 RUNTIME_DOCKERFILE = Path("docker/hailo_runtime/Dockerfile")
 PRODUCTION_PLATFORM = "linux/arm64"
@@ -86,6 +87,7 @@ def stage_runtime_context(
     key = hashlib.sha256(json.dumps([platform, deps]).encode()).hexdigest()[:16]
     wheels = cache_dir / f"wheelhouse-{platform.replace('/', '-')}-{key}"
     if not (wheels / ".complete").is_file():
+        report_phase(f"pip download: wheelhouse for {platform} (first run only)")
         wheels.mkdir(parents=True, exist_ok=True)
         argv = [python, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", "3.11",
                 "--implementation", "cp", "--dest", str(wheels)]
@@ -99,6 +101,7 @@ def stage_runtime_context(
     (ctx / "wheelhouse").mkdir(parents=True)
     for wheel in wheels.glob("*.whl"):
         shutil.copyfile(wheel, ctx / "wheelhouse" / wheel.name)
+    report_phase("pip wheel: the sidecar")
     _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(ctx / "wheelhouse"), str(sidecar)],
          "pip wheel (sidecar)", timeout=600)
     if hailort_wheel is not None:  # checked by build_and_push (hailort_wheel_version) before staging
@@ -113,6 +116,7 @@ def ensure_base_image(docker: str, platform: str, repo: Path) -> str:
     if subprocess.run([docker, "image", "inspect", image], capture_output=True).returncode == 0:
         return image
     arch = platform.split("/", 1)[1]
+    report_phase(f"base image {arch}: not cached, making it (arm64: debootstrap under QEMU, minutes)")
     res = subprocess.run([str(repo / "scripts" / "make_base_image.sh"), arch, image], capture_output=True, text=True,
                          timeout=3600, env={**__import__("os").environ, "DOCKER": docker})
     if res.returncode != 0:
@@ -190,14 +194,18 @@ def build_and_push(
         build_args["HAILORT_VERSION"] = hailort_version
     if buildx:
         meta = work_dir / "buildx-metadata.json"
+        report_phase(f"docker buildx build --push ({plat})")
         _run(buildx_argv(docker, image, context, dockerfile, meta, plat, build_args), "docker buildx build")
         digest, builder, note = digest_from_metadata(meta), "buildx", "docker buildx build --push (metadata file digest)"
     else:
         argv = [docker, "build", "--platform", plat, "--file", str(dockerfile), "--tag", image]
         for key, value in sorted(build_args.items()):
             argv += ["--build-arg", f"{key}={value}"]
+        report_phase(f"docker build ({plat})")
         _run([*argv, str(context)], "docker build")
+        report_phase(f"docker push {image}")
         _run([docker, "push", image], "docker push")
+        report_phase("registry: reading the digest and platform back")
         digest = RegistryClient(registry).manifest_digest(repository, tag)
         builder, note = "docker-build", "docker build + push (no buildx plugin here); digest read back from the registry"
     client = RegistryClient(registry)
