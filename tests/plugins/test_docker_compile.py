@@ -179,3 +179,51 @@ def test_docker_hook_runner(docker_cli, base_image, tmp_path):
     assert net.returncode == 0 and "['lo']" in net.stdout  # no network but loopback in the compiler container
     with pytest.raises(StepFailed, match="timed out after 2s"):
         runner.run(["sleep", "60"], tmp_path, 2)
+
+
+def _validated(tag: str):
+    from release import build_steps
+    from release.pipeline_env import PipelineEnv
+    from release.request import ReleaseRequest
+    from release.store import LocalArtifactStore
+
+    req = ReleaseRequest(continuity_id="ADR-0007-hailo-docker-2025-08-31", release_tag=tag, config_version="cfg-1",
+                         device="local", triggered_by="pytest")
+    env = PipelineEnv.from_env()
+    store = LocalArtifactStore(env.store_root)
+    build_steps.validate(req, env, store)
+    return req, env, store
+
+
+def test_cli_path_compiles_in_the_compiler_image(docker_cli, dfc_double_image, pipeline_root, monkeypatch):
+    """Without Airflow (release.pipeline / the CLI), HAILO_COMPILER_IMAGE makes the same step run each
+    DFC command with `docker run` in that image."""
+    from release import build_steps
+
+    monkeypatch.setenv("HAILO_COMPILER_IMAGE", dfc_double_image)
+    monkeypatch.setenv("HAILO_DOCKER_BIN", docker_cli)
+    req, env, store = _validated("k1")
+    result = build_steps.compile_hef(req, env, store)
+    assert result.step.status == "double" and result.hef.compiler_image == _image_id(docker_cli, dfc_double_image)
+    assert "test double" in (env.work_dir("k1", "compile") / "dfc" / "hailo_version.txt").read_text()
+
+
+def test_without_an_image_the_host_hailo_runs_or_a_dev_placeholder(pipeline_root, monkeypatch):
+    """No image anywhere (operator, env, Variable): `hailo` on the host; without one, dev mode only
+    gets a marked placeholder, and production fails."""
+    from airflow.sdk.exceptions import AirflowException
+    from hailo_airflow.operators import HailoCompileOperator
+
+    req, _, _ = _validated("h1")
+    op = HailoCompileOperator(task_id="compile_hef", request=req.model_dump(mode="json"))
+    assert op.resolve_compiler_image() is None
+    placeholder = op.execute(context={})  # type: ignore[arg-type]
+    assert placeholder["step"]["status"] == "placeholder" and placeholder["hef"]["compiler_image"] is None
+    prod, _, _ = _validated("h2")
+    prod_op = HailoCompileOperator(task_id="compile_hef", request={**prod.model_dump(mode="json"), "production": True})
+    with pytest.raises(AirflowException, match="the Hailo DFC CLI is not installed"):
+        prod_op.execute(context={})  # type: ignore[arg-type]
+    monkeypatch.setenv("PATH", f"{DOUBLES_BIN}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin")
+    host = op.execute(context={})  # type: ignore[arg-type]
+    assert host["step"]["status"] == "double" and host["hef"]["compiler_image"] is None
+    assert "compiler image" not in host["step"]["reason"]
