@@ -157,6 +157,52 @@ def digest_from_metadata(metadata_file: Path) -> str:
     return digest
 
 
+# A build's own step lines: the classic builder's "Step 4/18 : RUN ..." and BuildKit's "#7 [build 2/3] RUN ...".
+_BUILD_STEP = re.compile(r"^(Step \d+/\d+ : .*|#\d+ \[[^\]]+\] .*)$")
+
+
+def _run_reporting(argv: list[str], what: str, phase: str, timeout: float = 3600) -> str:
+    """_run for a docker build, with each build step reported as the phase ("docker build: Step 4/18 : RUN
+    python3 -m venv ..."): the arm64 runtime build runs pip under QEMU for minutes (≈ 3 min measured
+    here), and "docker build" alone for that long says nothing. Output is read as it comes, stderr merged."""
+    import collections
+    import os
+    import threading
+
+    from release.progress import PHASE_FILE_ENV
+
+    if not os.environ.get(PHASE_FILE_ENV):
+        return _run(argv, what, timeout)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                text=True, errors="replace")
+    except FileNotFoundError:
+        raise ToolNotFound(f"{argv[0]} not found") from None
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    lines: collections.deque[str] = collections.deque(maxlen=400)
+    try:
+        for line in proc.stdout or ():
+            lines.append(line)
+            if _BUILD_STEP.match(line.strip()):
+                report_phase(f"{phase}: {line.strip()}")
+        proc.wait()
+    finally:
+        timer.cancel()
+    out = "".join(lines)
+    if proc.returncode != 0:
+        if timed_out.is_set():
+            raise subprocess.TimeoutExpired(argv, timeout)
+        raise StepFailed(f"{what} failed (exit {proc.returncode}): {out.strip()[-800:]}")
+    return out
+
+
 def _run(argv: list[str], what: str, timeout: float = 3600) -> str:
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -195,14 +241,15 @@ def build_and_push(
     if buildx:
         meta = work_dir / "buildx-metadata.json"
         report_phase(f"docker buildx build --push ({plat})")
-        _run(buildx_argv(docker, image, context, dockerfile, meta, plat, build_args), "docker buildx build")
+        _run_reporting(buildx_argv(docker, image, context, dockerfile, meta, plat, build_args), "docker buildx build",
+                       f"docker buildx build ({plat})")
         digest, builder, note = digest_from_metadata(meta), "buildx", "docker buildx build --push (metadata file digest)"
     else:
         argv = [docker, "build", "--platform", plat, "--file", str(dockerfile), "--tag", image]
         for key, value in sorted(build_args.items()):
             argv += ["--build-arg", f"{key}={value}"]
         report_phase(f"docker build ({plat})")
-        _run([*argv, str(context)], "docker build")
+        _run_reporting([*argv, str(context)], "docker build", f"docker build ({plat})")
         report_phase(f"docker push {image}")
         _run([docker, "push", image], "docker push")
         report_phase("registry: reading the digest and platform back")
