@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # redis_ping, api_ready, worker_ready are called through wait_for
 # The distributed Airflow stack on one host, natively (README "Scaling out"):
 #   PostgreSQL (private cluster, 127.0.0.1) + Redis (127.0.0.1, password) + api-server, scheduler,
 #   dag-processor, triggerer (CeleryExecutor) + one Celery worker per queue (`hailo-builder`, `edge`),
@@ -319,13 +320,13 @@ EOF
 }
 
 cmd_start() {
-    [ -x "$AIRFLOW" ] || die "$AIRFLOW not found: run scripts/setup.sh (HAILO_VENV=$VENV)"
-    "$PY" -c 'import airflow.providers.celery, airflow.providers.postgres, airflow.providers.fab' 2>/dev/null ||
-        die "$VENV lacks the Celery/PostgreSQL providers: install requirements/celery.lock (scripts/setup.sh)"
     local p
     for p in API_PORT PG_PORT REDIS_PORT BUILDER_LOG_PORT EDGE_LOG_PORT; do check_port_number "$p" "${!p}"; done
     [[ "$VISIBILITY_TIMEOUT" =~ ^[0-9]+$ ]] || die "HAILO_SCALEOUT_VISIBILITY_TIMEOUT must be seconds"
     case "$AUTH" in fab | simple) ;; *) die "HAILO_SCALEOUT_AUTH=$AUTH: fab or simple" ;; esac
+    [ -x "$AIRFLOW" ] || die "$AIRFLOW not found: run scripts/setup.sh (HAILO_VENV=$VENV)"
+    "$PY" -c 'import airflow.providers.celery, airflow.providers.postgres, airflow.providers.fab' 2>/dev/null ||
+        die "$VENV lacks the Celery/PostgreSQL/FAB providers: install requirements/celery.lock (scripts/setup.sh)"
     mkdir -p "$STATE/logs/airflow" "$STATE/run" "$STATE/store/artifacts" "$STATE/store/ledger"
     STATE="$(cd "$STATE" && pwd)"
     provision_secrets
@@ -379,13 +380,19 @@ cmd_purge() {
     rm -rf -- "$STATE"
 }
 
-case "${1:-}" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    purge) cmd_purge ;;
-    *)
-        echo "usage: $0 start|stop|status|purge" >&2
-        exit 2
-        ;;
-esac
+main() {
+    case "${1:-}" in
+        start) cmd_start ;;
+        stop) cmd_stop ;;
+        status) cmd_status ;;
+        purge) cmd_purge ;;
+        *)
+            echo "usage: $0 start|stop|status|purge" >&2
+            exit 2
+            ;;
+    esac
+}
+
+# One line: bash has read the whole file before it runs anything, so editing the script never
+# disturbs a running start/stop.
+main "$@"; exit $?
