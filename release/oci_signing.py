@@ -48,7 +48,7 @@ DEFAULT_IDENTITY_POLICY: IdentityPolicy = "repository"
 IDENTITY_POLICY_ENV = "HAILO_IMAGE_IDENTITY_POLICY"
 
 _DOCKER_HUB = "docker.io"
-_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io")
+_HUB_ALIASES = ("index.docker.io",)  # docker/distribution reference: legacyDefaultDomain
 _PATH = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 _HOST = re.compile(r"^(localhost|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*)(:[0-9]{1,5})?$")
 
