@@ -24,7 +24,7 @@ from release.request import ReleaseRequest
 from release.states import BEFORE_DEVICE, ON_DEVICE, TERMINAL, ReleaseEvent, ReleaseState, advance, current_state
 from release.step_results import DeployResult, FinalResult, GateResult, load_result, save_result
 from release.store import MANIFEST_NAME, ArtifactStore
-from release.targets import inventory, open_transport
+from release.targets import connected, inventory, open_transport
 from release.verify import CANDIDATE, VerifyPolicy, device_bundle, publish_signed, signing_key, verify_release
 
 SshFactory = Callable[[], Any] | None
@@ -88,14 +88,12 @@ def deploy(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_clie
     advance(history, tag, ReleaseEvent.DEPLOYED, actor=req.triggered_by, device=device.name,
             reason=f"activating as a provisional canary under a {lease_s:.0f}s lease")
     fault_point("deploy")
-    transport = open_transport(device, ssh_client_factory)
     try:
-        dep.deploy_canary(transport, device, bundle, tag, pub, lease_s)
+        with connected(device, ssh_client_factory) as transport:
+            dep.deploy_canary(transport, device, bundle, tag, pub, lease_s)
         healthy, detail = True, "healthy, provisional"
     except dep.Unhealthy as exc:
         healthy, detail = False, str(exc)
-    finally:
-        transport.close()
     fault_point("deploy_health")
     if not healthy:
         lkg = history.last_known_good(device.name)
@@ -132,8 +130,15 @@ def gate(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client
     previous = ReleaseManifest.from_json(store.get_bytes(tag, CANDIDATE)).previous_release_tag
     if previous and store.exists(previous, "gate_report.json"):
         baseline = GateReport.model_validate_json(store.get_bytes(previous, "gate_report.json")).latencies_ms
-    report = run_gate(device.gate_url, settings, windows=ref["windows"],
-                      reference={"latent": ref["latent"], "motif_scores": ref["motif_scores"]}, baseline_latencies=baseline)
+    reference = {"latent": ref["latent"], "motif_scores": ref["motif_scores"]}
+    if device.gate_mode == "orchestrator":  # timings include the network: labelled so in the report
+        report = run_gate(device.gate_url, settings, windows=ref["windows"], reference=reference, baseline_latencies=baseline)
+    else:  # the agent generates the load on the device, against the sidecar EdgeInfer calls
+        from release import deploy as dep
+        from release.gate_device import run_device_gate
+
+        start = dep.device_loader(device, lambda: open_transport(device, ssh_client_factory))
+        report = run_device_gate(start, settings, windows=ref["windows"], reference=reference, baseline_latencies=baseline)
     work = env.work_dir(tag, "gate")
     (work / "gate_report.json").write_text(report.model_dump_json(indent=2))
     write_histogram_png(report, work / "gate_histogram.png")
@@ -182,18 +187,16 @@ def promote(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_cli
     if current_state(history, tag) is ReleaseState.GATE_PASSED:
         device = inventory(env).get(req.device)
         candidate = ReleaseManifest.from_json(store.get_bytes(tag, CANDIDATE))
-        transport = open_transport(device, ssh_client_factory)
         try:
-            fault_point("promote")
-            dep.commit(transport, device, tag)
+            with connected(device, ssh_client_factory) as transport:
+                fault_point("promote")
+                dep.commit(transport, device, tag)
         except dep.LeaseExpired as exc:
             lkg = history.last_known_good(device.name)
             advance(history, tag, ReleaseEvent.LEASE_EXPIRED, actor=req.triggered_by, device=device.name,
                     reason=str(exc), detail={"restored": lkg[0] if lkg else None,
                                              "restored_hef_sha256": lkg[1] if lkg else None})
             return publish_final(req, env, store, [_timed("promote", "real", f"too late to commit: {exc}", t0)])
-        finally:
-            transport.close()
         advance(history, tag, ReleaseEvent.PROMOTE, actor=req.triggered_by, device=device.name,
                 reason="gate passed; committed on the device", detail={"hef_sha256": candidate.hef.hef_sha256})
     return publish_final(req, env, store, [_timed("promote", "real", "gate passed; committed on the device", t0)])
@@ -208,11 +211,8 @@ def rollback(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_cl
     detail = "already rolled back"
     if current_state(history, tag) in ON_DEVICE:
         device = inventory(env).get(req.device)
-        transport = open_transport(device, ssh_client_factory)
-        try:
+        with connected(device, ssh_client_factory) as transport:
             restored = restore_last_known_good(history, device, transport)
-        finally:
-            transport.close()
         advance(history, tag, ReleaseEvent.ROLLBACK, actor=req.triggered_by, device=device.name,
                 reason=f"canary {tag} rejected: {reason}", detail=restored)
         detail = f"restored {restored['restored'] or 'nothing (first release)'} in {restored['seconds']:.1f}s"
@@ -227,11 +227,8 @@ def hold(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client
     settings = _gate_settings(req)
     reason = "; ".join(load_result(store, req.release_tag, "gate", GateResult).gate.reasons)
     device = inventory(env).get(req.device)
-    transport = open_transport(device, ssh_client_factory)
-    try:
+    with connected(device, ssh_client_factory) as transport:
         dep.extend_lease(transport, device, req.release_tag, settings.hold_lease_s)
-    finally:
-        transport.close()
     note = f"waiting for a human up to {settings.hold_lease_s:.0f}s, then the device restores last-known-good: {reason}"
     return publish_final(req, env, store, [_timed("hold", "real", note, t0)])
 
@@ -256,13 +253,10 @@ def fail_safe(
     if state in ON_DEVICE:
         device = inventory(env).get(req.device)
         try:
-            transport = open_transport(device, ssh_client_factory)
-            try:
+            with connected(device, ssh_client_factory) as transport:
                 status = dep.status(transport, device)
                 expired = lease_expired_on_device(status, tag)
                 restored = restore_last_known_good(history, device, transport)
-            finally:
-                transport.close()
         except (ReleaseError, OSError) as exc:
             # The device is out of reach: its lease restores last-known-good without us, and
             # `hailo-release reconcile` records that once it answers again.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from release.identifiers import ReleaseTag
 from release.transport import Transport
 
 AGENT_SOURCE = Path(__file__).with_name("device_agent.py")
-# The agent ships as these two standard-library files, side by side in the device's bin/.
-AGENT_FILES = (AGENT_SOURCE, Path(__file__).with_name("device_checks.py"))
+# The agent ships as these standard-library files, side by side in the device's bin/.
+AGENT_FILES = (AGENT_SOURCE, Path(__file__).with_name("device_checks.py"), Path(__file__).with_name("device_load.py"))
 # The lease check at boot and every 30 s (systemd), for a device rebooted mid-canary.
 LEASE_UNITS = tuple(Path(__file__).with_name("data").joinpath("pi").glob("hailo-lease-check.*"))
 BUNDLE_FILES = ("manifest.json", "manifest.json.sig", "model.hef", "model.onnx", "hef_sha256sum.txt")
@@ -156,6 +157,38 @@ def rollback(transport: Transport, device: DeviceSpec, to: str | None, expect_he
 
 def status(transport: Transport, device: DeviceSpec) -> dict[str, Any]:
     return _agent(transport, device, "status").body
+
+
+def load(transport: Transport, device: DeviceSpec, windows: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Have the agent run the gate's load against the sidecar on the device (release.device_load):
+    upload the windows, start `load`, return its reply (raw timings, parity answer, /metrics scrapes)."""
+    remote = f"{device.agent_root}/gate/windows.json"
+    res = transport.run(["mkdir", "-p", f"{device.agent_root}/gate"], timeout=30)
+    if res.returncode != 0:
+        raise StepFailed(f"device {device.name}: cannot create {device.agent_root}/gate: {res.stderr.strip()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "windows.json"
+        local.write_text(json.dumps({"windows": windows.tolist()}))
+        transport.upload(local, remote)
+    argv = ["load", "--windows", remote]
+    for key in ("rate", "duration_s", "concurrency", "timeout_s", "error_limit", "latent_dim", "num_motifs",
+                "probe_timeout_s", "metrics_timeout_s"):
+        if params.get(key) is not None:
+            argv += [f"--{key.replace('_', '-')}", str(params[key])]
+    return _agent(transport, device, *argv, timeout=float(params["time_bound_s"]) + 60).body
+
+
+def device_loader(device: DeviceSpec, open_transport: Callable[[], Transport]) -> Callable[[Any, dict[str, Any]], dict[str, Any]]:
+    """The device-side gate's ``start_load``: a transport per run, closed after it."""
+
+    def start(windows: Any, params: dict[str, Any]) -> dict[str, Any]:
+        transport = open_transport()
+        try:
+            return load(transport, device, windows, params)
+        finally:
+            transport.close()
+
+    return start
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ with `openssl dgst -sha256 -verify PUB -signature SIG manifest.json` (argv, no s
 ships with Raspberry Pi OS. The HEF and ONNX sha256 are then checked against the signed manifest.
 
 Commands: stage, verify, activate TAG --lease-s N, extend TAG --lease-s N, commit TAG, rollback --to TAG|last-known-good
-[--expect-hef SHA256], status, recover, check-lease, watchdog.
+[--expect-hef SHA256], status, recover, check-lease, watchdog, load (the gate's load on the device: device_load.py).
 
 Exit codes: 0 ok · 1 failure · 2 usage / bad tag · 3 integrity (checksum or signature) ·
 4 preflight refused · 5 another operation holds the lock · 6 new release unhealthy, rolled back ·
@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 # Shipped as two files into the same bin/ directory; -I (isolated mode) drops the script's
 # directory from sys.path, so it is put back explicitly. mypy sees the package module.
 if TYPE_CHECKING:
+    from . import device_load
     from .device_checks import (
         EXIT_FAIL,
         EXIT_INTEGRITY,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     )
 else:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import device_load
     from device_checks import (
         EXIT_FAIL,
         EXIT_INTEGRITY,
@@ -404,12 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("--expect-hef", help="refuse unless the target's signed hef_sha256 is this")
     for name in ("status", "recover", "check-lease", "watchdog"):
         sub.add_parser(name)
+    device_load.add_parser(sub)
     args = parser.parse_args(argv)
     root: Path = args.root
     root.mkdir(parents=True, exist_ok=True)
     (root / "releases").mkdir(exist_ok=True)
     if args.cmd == "watchdog":
         return watchdog(root)
+    if args.cmd == "load":  # read-only against the sidecar: no lock, a rollback or the watchdog never waits for it
+        agent = Agent(root)
+        return device_load.command(agent.cfg, args, agent.pointer("current"))
     held = lock(root, args.lock_timeout)
     if held is None:
         print(json.dumps({"error": "locked", "detail": "another release operation is running on this device"}))

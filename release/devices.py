@@ -19,7 +19,11 @@ class DeviceSpec(BaseModel):
     transport: Literal["local", "ssh"]
     agent_root: str = Field(description="the device agent's --root on the device")
     agent_python: str = "/usr/bin/python3"
-    gate_url: str = Field(description="where the orchestrator reaches the sidecar for the gate")
+    gate_url: str = Field(description="where the orchestrator reaches the sidecar for the gate (orchestrator mode)")
+    gate_mode: Literal["device", "orchestrator"] = Field(
+        "device", description="device: the agent generates the gate's load on the device (what EdgeInfer sees); "
+        "orchestrator: load sent from the orchestrator to gate_url (timings include the network)",
+    )
     health_url: str = Field("http://127.0.0.1:9000", description="where the agent reaches the sidecar, on the device")
     host: str | None = None
     port: int = Field(22, ge=1, le=65535)

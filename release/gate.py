@@ -50,7 +50,13 @@ from release.manifest import GateRecord
 log = logging.getLogger(__name__)
 
 Outcome = Literal["pass", "fail", "inconclusive", "skipped"]
+Mode = Literal["device", "orchestrator"]
 OUTPUT_KEYS = ("latent", "motif_scores")
+MODE_NOTES: dict[str, str] = {
+    "device": "device-side: the device agent generated the load against the sidecar on the device (what EdgeInfer sees)",
+    "orchestrator": "orchestrator-side: load sent across the network to gate_url; client timings include the network "
+                    "round trip and the orchestrator's own load",
+}
 
 
 class Check(BaseModel):
@@ -79,6 +85,11 @@ class GateReport(BaseModel):
     error_rate: float
     samples: int
     latencies_ms: tuple[float, ...]
+    mode: Mode = "orchestrator"
+    measured_from: str = MODE_NOTES["orchestrator"]
+
+    def measured_in(self, mode: Mode) -> GateReport:
+        return self.model_copy(update={"mode": mode, "measured_from": MODE_NOTES[mode]})
 
     def to_record(self, report_uri: str | None = None, histogram_uri: str | None = None) -> GateRecord:
         measured: dict[str, float | None] = {
@@ -342,15 +353,21 @@ def _run_gate(base_url: str, settings: GateSettings, windows: np.ndarray, refere
                            reason=f"no load could be sent to the canary: {describe(exc)}"))
     fault_point("gate_metrics")
     after, after_problem = _scrape(base_url, probe_timeout_s)
+    server_p95, problem = server_quantile(before, after, metrics_problem or after_problem)
+    return analyse(samples, settings, server_p95_ms=server_p95, baseline_latencies=baseline_latencies,
+                   parity=parity, extra_checks=extra, metrics_problem=problem)
+
+
+def server_quantile(before: dict[float, float] | None, after: dict[float, float] | None,
+                    problem: str) -> tuple[float | None, str]:
+    """The server-side p95 between two scrapes, or None and why not."""
     server_p95 = histogram_quantile(before, after, 0.95) if before is not None and after is not None else None
     if server_p95 is not None and not math.isfinite(server_p95):
         server_p95 = None
-    problem = metrics_problem or after_problem
     if server_p95 is None and not problem and after is not None:
         problem = (f"/metrics has no {REQUEST_METRIC} histogram for /infer" if not after
                    else "the /metrics histogram did not count the load (no increase, or a counter reset)")
-    return analyse(samples, settings, server_p95_ms=server_p95, baseline_latencies=baseline_latencies,
-                   parity=parity, extra_checks=extra, metrics_problem=problem)
+    return server_p95, problem
 
 
 def write_histogram_png(report: GateReport, path: Path) -> Path:

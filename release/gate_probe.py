@@ -165,9 +165,14 @@ def scrape_histogram(base_url: str, endpoint: str = "/infer", timeout: float = 5
     """Cumulative bucket counts {le_seconds: count} of the sidecar's request latency histogram ({}
     before the first request); ``ProbeError`` saying why when /metrics is missing, unreachable or
     not Prometheus text."""
+    status, data = http_exchange(base_url, "GET", "/metrics", timeout_s=timeout, max_bytes=8 << 20)
+    return parse_histogram(status, data, endpoint)
+
+
+def parse_histogram(status: int, data: bytes, endpoint: str = "/infer") -> dict[float, float]:
+    """The histogram in one /metrics answer (read here or on the device); ``ProbeError`` saying why not."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    status, data = http_exchange(base_url, "GET", "/metrics", timeout_s=timeout, max_bytes=8 << 20)
     if status != 200:
         raise ProbeError(f"GET /metrics: HTTP {status} ({error_body_summary(data)})")
     buckets: dict[float, float] = {}
@@ -190,6 +195,11 @@ def canary_outputs(base_url: str, windows: np.ndarray, timeout: float = PROBE_TI
     ``ProbeError`` when there is no 200 JSON answer."""
     body = json.dumps({"x": np.asarray(windows).tolist()}).encode()
     status, data = http_exchange(base_url, "POST", "/infer/batch", body=body, timeout_s=timeout, max_bytes=16 << 20)
+    return batch_outputs(status, data)
+
+
+def batch_outputs(status: int, data: bytes) -> object:
+    """The parsed JSON of one /infer/batch answer (read here or on the device); ``ProbeError`` if not a 200 JSON."""
     if status != 200:
         raise ProbeError(f"POST /infer/batch: HTTP {status} ({error_body_summary(data)})")
     return load_json(data, "POST /infer/batch")

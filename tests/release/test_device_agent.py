@@ -164,7 +164,7 @@ def test_shipped_lease_timer_restores_a_canary_that_outlived_its_lease(tmp_path:
     import shlex
     import time
 
-    from release.deploy import render_lease_units
+    from release.deploy import AGENT_FILES, render_lease_units
     from release.devices import DeviceSpec
 
     marker = tmp_path / "stopped"
@@ -175,8 +175,8 @@ def test_shipped_lease_timer_restores_a_canary_that_outlived_its_lease(tmp_path:
     exec_start = next(line for line in units["hailo-lease-check.service"].splitlines() if line.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
     (tmp_path / "bin").mkdir()
-    for name in ("device_agent.py", "device_checks.py"):
-        (tmp_path / "bin" / name).write_text((AGENT.parent / name).read_text())
+    for source in AGENT_FILES:  # what deploy ships
+        (tmp_path / "bin" / source.name).write_text(source.read_text())
     _release(tmp_path, "v1")
     (tmp_path / "agent.json").write_text(json.dumps({"stop_command": spec.stop_command}))
     os.symlink("releases/v1", tmp_path / "current")
