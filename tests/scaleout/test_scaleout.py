@@ -8,6 +8,7 @@ after the heartbeat timeout)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -37,6 +38,10 @@ FINISHED = {0: "promote", 10: "rollback"}
 
 def _conf(tag: str) -> str:
     return json.dumps({"release_tag": tag, "config_version": "cfg-scaleout", "gate_overrides": {"duration_s": 5}})
+
+
+def _ts(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _tis(stack, dag_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -99,11 +104,11 @@ def test_second_release_waits_for_the_first(scaleout_stack):
     a, b = runs[first], runs[second]
     assert a["state"] == "success" and b["state"] == "success", (a, b)
     # Ordering from the API's own timestamps, not from a wall-clock budget.
-    assert b["start_date"] >= a["end_date"], f"second run started {b['start_date']} before the first ended {a['end_date']}"
+    assert _ts(b["start_date"]) >= _ts(a["end_date"]), f"second run started {b['start_date']} before the first ended {a['end_date']}"
     first_tis = _tis(stack, CANARY, first)
     second_tis = _tis(stack, CANARY, second)
-    last_of_first = max(t["end_date"] for t in first_tis if t["end_date"])
-    first_of_second = min(t["start_date"] for t in second_tis if t["start_date"] and t["state"] != "skipped")
+    last_of_first = max(_ts(t["end_date"]) for t in first_tis if t["end_date"])
+    first_of_second = min(_ts(t["start_date"]) for t in second_tis if t["start_date"] and t["state"] != "skipped")
     assert first_of_second >= last_of_first
     _assert_ran_on_its_queue(stack, CANARY, second)
 
