@@ -39,6 +39,7 @@ TASK_STEPS = {
     "rollback": "rollback", "hold": "hold", "ensure_safe": "fail_safe",
 }
 FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+NOT_RUN = frozenset({"skipped", "upstream_failed", "removed"})
 # The image step runs ≈ 5 min on a first run (arm64 base under QEMU, 310 s measured): a silent
 # terminal that long reads as a hang, so a running task gets a line at least every 10 s. Due at 8 s:
 # one poll (sleep 1 s + a metadata-DB query, up to ≈ 1 s under load) may come late; with a 10 s
@@ -102,7 +103,9 @@ class Watcher:
     def update(self, rows: Iterable[TaskRow], now: dt.datetime) -> None:
         done = [r for r in rows if r.state in FINISHED and r.task_id not in self.printed]
         far = dt.datetime.max.replace(tzinfo=dt.UTC)
-        for row in sorted(done, key=lambda r: (r.end or far, r.start or far)):
+        # Tasks that did not run last in a batch: a branch marks promote/hold skipped a few ms
+        # before its own end is recorded, and they would read as if they came before `decide`.
+        for row in sorted(done, key=lambda r: (r.state in NOT_RUN, r.end or far, r.start or far)):
             step = TASK_STEPS.get(row.task_id)
             print(step_line(row, self.records(step) if step else None), file=self.out, flush=True)
             self.printed.add(row.task_id)
