@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The main job (README): a canary release end to end on the embedded defaults.
-# Sets the machine up (scripts/setup.sh), then runs the hailo_canary_release DAG in-process
-# with Airflow (SQLite + LocalExecutor) and prints where the manifest and gate report are.
+# Sets the machine up (scripts/setup.sh), runs the hailo_canary_release DAG (Airflow dag.test(), SQLite)
+# printing one line per task, then the verdict and where the manifest and gate report are.
 #   ./scripts/release.sh [--tag TAG] [--continuity-id ID] [--config-version V] [--onnx PATH]
+# Airflow's task logs go to artifacts/logs/TAG.log (path printed; shown only if a task fails).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 

@@ -84,7 +84,7 @@ def step_line(row: TaskRow, record: dict[str, Any] | None) -> str:
 
 
 def progress_line(task_id: str, elapsed_s: float, phase: str | None) -> str:
-    return f"… {task_id:<17} {'running':<15} {int(elapsed_s) // 60:d}m{int(elapsed_s) % 60:02d}s  {phase or ''}".rstrip()
+    return f"… {task_id:<17} {'running':<15} {int(elapsed_s) // 60:d}m{int(elapsed_s) % 60:02d}s  {_short(phase or '', 90)}".rstrip()
 
 
 class Watcher:
