@@ -55,6 +55,15 @@ def _write_private(dest: Path, pem: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def default_public_path(private: Path) -> Path:
+    """The public half's file when none is named: ``<key>.pub``, else cosign's ``cosign.key`` → ``cosign.pub``."""
+    appended = private.with_name(private.name + ".pub")
+    sibling = private.with_suffix(".pub")
+    if not appended.exists() and private.suffix == ".key" and sibling.exists():
+        return sibling
+    return appended
+
+
 def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from release.checksums import write_sha256sum
 from release.errors import StepFailed
-from release.keys import generate_dev_keypair, load_private_key, load_public_key
+from release.keys import default_public_path, generate_dev_keypair, load_private_key, load_public_key
 from release.manifest import ReleaseManifest
 from release.manifest_signing import sign_bytes, verify_bytes
 from release.oci_signing import IdentityPolicy, identity_policy_from_env
@@ -34,22 +34,10 @@ def signing_key(env: PipelineEnv, production: bool) -> tuple[Path, Path]:
     """(private, public) release signing key: HAILO_SIGNING_KEY, or the dev key outside production."""
     configured = os.environ.get("HAILO_SIGNING_KEY")
     if configured:
-        return Path(configured), _public_half(Path(configured))
+        return Path(configured), Path(os.environ.get("HAILO_SIGNING_PUB") or default_public_path(Path(configured)))
     if production:
         raise StepFailed("HAILO_SIGNING_KEY is not set: production releases are never signed with a generated dev key")
     return generate_dev_keypair(env.keys_dir)
-
-
-def _public_half(private: Path) -> Path:
-    """HAILO_SIGNING_PUB, else ``<key>.pub``, else cosign's sibling naming (``cosign.key`` → ``cosign.pub``)."""
-    explicit = os.environ.get("HAILO_SIGNING_PUB")
-    if explicit:
-        return Path(explicit)
-    appended = private.with_name(private.name + ".pub")
-    sibling = private.with_suffix(".pub")
-    if not appended.exists() and private.suffix == ".key" and sibling.exists():
-        return sibling
-    return appended
 
 
 def verify_signature(store: ArtifactStore, tag: str, manifest_name: str, sig_name: str, pub: Path) -> ReleaseManifest:
