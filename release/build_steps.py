@@ -201,7 +201,7 @@ def build_image(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> 
 
 # -- sign -------------------------------------------------------------------------------------
 def sign(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> SignResult:
-    from release.keys import key_id, load_private_key, load_public_key
+    from release.keys import key_id, load_public_key
 
     t0 = time.monotonic()
     image = load_result(store, req.release_tag, "image", ImageResult).image
@@ -209,11 +209,11 @@ def sign(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore) -> SignRes
     kid = key_id(load_public_key(pub))
     signatures: list[SignatureRef] = []
     if image.digest and env.registry:
-        from release.oci_signing import sign_image
+        from release.oci_signing import image_signer
         from release.registry import ImageRef, RegistryClient
 
         ref = ImageRef.parse(f"{image.repository}@{image.digest}")
-        sig = sign_image(RegistryClient(ref.registry), ref, load_private_key(priv))
+        sig = image_signer(RegistryClient(ref.registry), priv).sign(ref)
         signatures.append(SignatureRef(kind="cosign-image", ref=sig, key_id=kid))
         step = _timed("sign", "real", "cosign-format image signature (tag layout) + ECDSA manifest signature", t0)
     else:
