@@ -1,5 +1,8 @@
 """Gate measurement fidelity at 20 windows/s against a real sidecar: achieved rate vs target,
-and client p95 vs the sidecar's own /metrics histogram p95."""
+and client p95 vs the sidecar's own /metrics histogram p95. Then the two gate modes side by side in
+one run against the same sidecar: device-side (the agent's `load`, on the device) and
+orchestrator-side through a lab link (tests/doubles/delay_relay.py, 20 ms ± 15 ms each way), each
+with the server's own p95 for the same load, and whether their verdicts agree."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from bench.table import Row
 
 RATE = 20.0
 DURATION_S = 30.0
+MODES_DURATION_S = 15.0
 
 
 def rows() -> list[Row]:
@@ -44,6 +48,7 @@ def rows() -> list[Row]:
             before = scrape_histogram(url)
             samples = run_open_loop(url, windows, rate=RATE, duration_s=DURATION_S, concurrency=2)
             after = scrape_histogram(url)
+            modes = _modes(url, windows, Path(tmp))
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -65,4 +70,41 @@ def rows() -> list[Row]:
         Row("gate: client p95", client_p95, "ms", "-", None),
         Row("gate: server /metrics p95", server_p95, "ms", "-", None, "interpolated in histogram buckets"),
         Row("gate: |client p95 - server p95|", gap, "ms", "<= 1", gap <= 1.0),
+        *modes,
     ]
+
+
+def _modes(url: str, windows, tmp: Path) -> list[Row]:
+    from release import deploy as dep
+    from release.devices import DeviceSpec
+    from release.gate import run_gate
+    from release.gate_device import run_device_gate
+    from release.gate_settings import settings_with_overrides
+    from release.transport import LocalTransport
+    from tests.doubles.delay_relay import DelayRelay
+
+    # The agent installed on "the device" (this machine), its health_url the sidecar: no release switch needed.
+    spec = DeviceSpec(name="bench", transport="local", agent_root=str(tmp / "agent"), agent_python=sys.executable,
+                      gate_url=url, health_url=url)
+    (tmp / "pub").write_text("unused: the bench does not verify releases\n")
+    dep.install_agent(LocalTransport(), spec, tmp / "pub")
+    settings = settings_with_overrides({"duration_s": MODES_DURATION_S, "rate_windows_per_s": RATE})
+    device = run_device_gate(dep.device_loader(spec, LocalTransport), settings, windows=windows, reference=None,
+                             baseline_latencies=None)
+    port = int(url.rsplit(":", 1)[1])
+    with DelayRelay("127.0.0.1", port, delay_ms=20, jitter_ms=15, seed=15) as lab:
+        across = run_gate(f"http://127.0.0.1:{lab.port}", settings, windows=windows, reference=None, baseline_latencies=None)
+    rows = []
+    for label, r in (("device-side", device), ("orchestrator-side over 20±15 ms link", across)):
+        p95, server = r.p95_ms or float("nan"), r.server_p95_ms or float("nan")
+        rows += [
+            Row(f"gate {label}: client p95", p95, "ms", "-", None, f"verdict {r.verdict.value}, {r.samples} samples, "
+                f"{r.windows_per_s:.2f} windows/s"),
+            Row(f"gate {label}: server p95", server, "ms", "-", None, "the sidecar's /metrics over the same load"),
+            Row(f"gate {label}: |client - server| p95", abs(p95 - server), "ms",
+                "<= 1" if r is device else "-", abs(p95 - server) <= 1.0 if r is device else None),
+        ]
+    agree = device.verdict == across.verdict
+    rows.append(Row("gate modes: verdicts agree (healthy sidecar)", float(agree), "bool", "-", None,
+                    f"device {device.verdict.value}, orchestrator {across.verdict.value}"))
+    return rows

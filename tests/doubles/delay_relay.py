@@ -2,7 +2,8 @@
 
 These machines have no `netem`, so latency is added here: every chunk read from one side is
 delivered to the other after ``delay_ms ± jitter_ms`` (uniform), each way, in order (a chunk is
-never delivered before the one read before it, as on a TCP path), and with probability
+never delivered before the one read before it, as on a TCP path; chunks of one back-to-back burst
+travel together), and with probability
 ``stall_p`` a chunk waits another ``stall_ms`` (a Wi-Fi retry burst).
 
     relay = DelayRelay("127.0.0.1", target_port, delay_ms=20, jitter_ms=15, seed=1)
@@ -20,6 +21,8 @@ import contextlib
 import random
 import threading
 import time
+
+BURST_S = 0.001  # chunks read within this of the previous one belong to the same burst
 
 
 class DelayRelay:
@@ -50,7 +53,8 @@ class DelayRelay:
         except OSError:
             client_w.close()
             return
-        await asyncio.gather(self._pipe(client_r, up_w), self._pipe(up_r, client_w), return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):  # close(): 3.11's stream callback chokes on a re-raise
+            await asyncio.gather(self._pipe(client_r, up_w), self._pipe(up_r, client_w), return_exceptions=True)
         for w in (client_w, up_w):
             w.close()
 
@@ -71,11 +75,16 @@ class DelayRelay:
                 await writer.drain()
 
         sender = asyncio.ensure_future(deliver())
-        last = 0.0
+        last, last_read = 0.0, 0.0
         try:
             while True:
                 data = await reader.read(65536)
-                last = max(last, time.monotonic() + self.one_way_s())  # in order, like one TCP path
+                now = time.monotonic()
+                # One write burst (headers, then body, sent back to back) travels together, as its
+                # packets would; a later chunk draws its own delay. Never before the previous one.
+                if now - last_read > BURST_S:
+                    last = max(last, now + self.one_way_s())
+                last_read = now
                 queue.put_nowait((last, data))
                 if not data:
                     break
