@@ -162,9 +162,10 @@ _BUILD_STEP = re.compile(r"^(Step \d+/\d+ : .*|#\d+ \[[^\]]+\] .*)$")
 
 
 def _run_reporting(argv: list[str], what: str, phase: str, timeout: float = 3600) -> str:
-    """_run for a docker build, with each build step reported as the phase ("docker build: Step 4/18 : RUN
-    python3 -m venv ..."): the arm64 runtime build runs pip under QEMU for minutes (≈ 3 min measured
-    here), and "docker build" alone for that long says nothing. Output is read as it comes, stderr merged."""
+    """_run for a docker build, with each build step reported as the phase ("docker build: Step 4/15 : RUN
+    python3 -m venv ..."): the arm64 runtime build runs pip under QEMU for minutes (that step took 80 s
+    on a quiet run here, ≈ 7 min at load average 8), and "docker build" alone for that long says
+    nothing. Output is read as it comes, stderr merged."""
     import collections
     import os
     import threading
