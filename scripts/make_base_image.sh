@@ -7,7 +7,7 @@
 # silently labels the image amd64. Idempotent: an existing image is kept.
 # With HAILO_PROGRESS_FILE set (by the main job, hailo_airflow.demo), the current phase is written
 # there, one line replaced each time: debootstrap of arm64 runs its package scripts under QEMU and
-# took 310 s on a first run here, and the main job shows this phase every 10 s meanwhile.
+# took 257 s here (633 s at load average 8), and the main job shows this phase every 10 s meanwhile.
 set -euo pipefail
 
 arch="${1:?usage: make_base_image.sh amd64|arm64 [IMAGE_NAME]}"

@@ -40,8 +40,9 @@ TASK_STEPS = {
 }
 FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 NOT_RUN = frozenset({"skipped", "upstream_failed", "removed"})
-# The image step runs ≈ 5 min on a first run (arm64 base under QEMU, 310 s measured): a silent
-# terminal that long reads as a hang, so a running task gets a line at least every 10 s. Due at 8 s:
+# The image step runs minutes: making the arm64 base under QEMU took 257 s here (633 s at load 8),
+# the image's pip install under QEMU 80 s on a later run. A silent terminal that long reads as a hang,
+# so a running task gets a line at least every 10 s. Due at 8 s:
 # one poll (sleep 1 s + a metadata-DB query, up to ≈ 1 s under load) may come late; with a 10 s
 # threshold the gaps measured 10.4-11 s.
 PROGRESS_EVERY_S = 8.0
