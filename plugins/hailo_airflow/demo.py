@@ -70,7 +70,7 @@ def _short(text: str, width: int = 70) -> str:
 
 def step_line(row: TaskRow, record: dict[str, Any] | None) -> str:
     """The one line a finished task gets: state, start → end (UTC), elapsed, how its step ran, why."""
-    mark = {"success": "✓", "skipped": "-"}.get(row.state or "", "✗")
+    mark = "✓" if row.state == "success" else "-" if row.state in NOT_RUN else "✗"
     if row.start and row.end:
         when = f"{_hms(row.start)} → {_hms(row.end)} {(row.end - row.start).total_seconds():7.1f}s"
     else:
@@ -163,24 +163,31 @@ def airflow_rows(release_tag: str) -> tuple[str | None, str | None, list[TaskRow
 
 
 def task_log_section(log_text: str, task_id: str) -> list[str]:
-    """The lines of the combined dag.test() log that belong to ``task_id``'s last attempt."""
+    """The lines of the combined dag.test() log that belong to ``task_id``'s last attempt: from its
+    "[DAG TEST] starting" line to its "[DAG TEST] end task" line (the whole log if it has neither)."""
     lines = log_text.splitlines()
-    starts = [i for i, line in enumerate(lines) if "[DAG TEST] starting task_id=" in line]
-    mine = [i for i in starts if f"task_id={task_id} " in lines[i] + " "]
+    mine = [i for i, line in enumerate(lines) if f"[DAG TEST] starting task_id={task_id} " in line + " "]
     if not mine:
         return lines
     begin = mine[-1]
-    after = [i for i in starts if i > begin]
-    return lines[begin: after[0] if after else len(lines)]
+    end = next((i for i in range(begin + 1, len(lines))
+                if f"[DAG TEST] end task task_id={task_id} " in lines[i] + " "
+                or "[DAG TEST] starting task_id=" in lines[i]), len(lines) - 1)
+    return lines[begin: end + 1]
 
 
-def show_failure(log_file: Path, failed: list[str], out: TextIO, tail: int = 40) -> None:
+def show_failure(log_file: Path, failed: list[str], out: TextIO, tail: int = 30) -> None:
+    """The tail of the first failed task's log: later failures (ensure_safe failing the run because
+    an upstream task failed) follow from it and are only named."""
     text = log_file.read_text(errors="replace") if log_file.exists() else ""
-    for task_id in failed or ["(run)"]:
-        section = task_log_section(text, task_id) if failed else text.splitlines()
-        print(f"\n--- last {min(tail, len(section))} lines of {task_id}'s log ({log_file}) ---", file=out)
-        for line in collections.deque(section, maxlen=tail):
-            print(f"  {line}", file=out)
+    first = failed[0] if failed else None
+    section = task_log_section(text, first) if first else text.splitlines()
+    shown = list(collections.deque(section, maxlen=tail))
+    print(f"\n--- last {len(shown)} lines of {first or 'the run'}'s log ({log_file}) ---", file=out)
+    for line in shown:
+        print(f"  {line}", file=out)
+    if len(failed) > 1:
+        print(f"--- also failed: {', '.join(failed[1:])} (their logs are in the same file)", file=out)
 
 
 def watch(child: subprocess.Popen[bytes], rows: Callable[[], tuple[str | None, str | None, list[TaskRow]]],

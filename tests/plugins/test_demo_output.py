@@ -49,12 +49,17 @@ def dump(run_state):
 for i, (task_id, end_state) in enumerate(tasks):
     print(f"2026-12-04T17:44:23Z [info     ] [DAG TEST] starting task_id={task_id} map_index=-1 [airflow.sdk.definitions.dag]")
     print(f"2026-12-04T17:44:23Z [info     ] Task instance state updated [airflow.api_fastapi] ti={task_id}", file=sys.stderr)
-    if state == "failed":
+    if state == "failed" and task_id == "ensure_safe":  # trigger rule all_done: it runs, and fails the run
+        print("AirflowFailException: release ended failed: an upstream task failed", file=sys.stderr)
+        end_state = "failed"
+    elif state == "failed":
         end_state = "upstream_failed"
     elif task_id == fail_at:
         print("Traceback (most recent call last):")
         print("release.errors.StepFailed: the sidecar did not answer on 127.0.0.1:9000", file=sys.stderr)
         end_state, state = "failed", "failed"
+    print(f"2026-12-04T17:44:24Z [info     ] [DAG TEST] end task task_id={task_id} map_index=-1")
+    print("2026-12-04T17:44:24Z [warning  ] No tasks to run. unrunnable tasks: {...}")
     rows.append({"task_id": task_id, "state": end_state, "start": t0 + 2 * i, "end": t0 + 2 * i + 1.5})
     dump("running")
 dump(state)
@@ -155,10 +160,13 @@ def test_a_failed_task_shows_the_tail_of_its_own_log(tmp_path: Path) -> None:
 
     lines = _task_lines(text)
     assert lines["canary_deploy"][0].startswith("✗ canary_deploy     failed")
-    assert "upstream_failed" in lines["latency_gate"][0]
+    assert lines["latency_gate"][0].startswith("- latency_gate      upstream_failed")
     assert f"lines of canary_deploy's log ({log_file})" in text
     assert "StepFailed: the sidecar did not answer on 127.0.0.1:9000" in text
-    assert "task_id=latency_gate" not in text  # only the failing task's section, not the whole log
+    # Only the first failed task's section, up to its end: not the scheduler loop after it, not the
+    # failures that follow from it (named only).
+    assert "task_id=latency_gate" not in text and "No tasks to run" not in text
+    assert "release ended failed" not in text and "also failed: ensure_safe" in text
     assert f"release {TAG} was not published" in text and code == 1
 
 
@@ -179,6 +187,7 @@ def test_a_long_task_gets_a_progress_line_with_its_phase_at_least_every_10_s() -
 
 @pytest.mark.parametrize(("log", "task", "want", "unwanted"), [
     ("a\n[DAG TEST] starting task_id=x \nx1\n[DAG TEST] starting task_id=xy \nxy1\n", "x", "x1", "xy1"),
+    ("[DAG TEST] starting task_id=x m\nx1\n[DAG TEST] end task task_id=x m\nloop\n", "x", "x1", "loop"),
     ("no markers\nat all\n", "x", "at all", None),
 ])
 def test_task_log_section(log: str, task: str, want: str, unwanted: str | None) -> None:
