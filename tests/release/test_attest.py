@@ -11,11 +11,11 @@ import json
 import pytest
 
 from release.bundle_signing import KeyBundleSigner, KeylessBundleSigner, verify_bundle
+from release.canary import publish_final
 from release.cli import main
 from release.errors import IntegrityError, InvalidInput, StepFailed
-from release.manifest import StepRecord
-from release.canary import publish_final
 from release.history import History
+from release.manifest import StepRecord
 from release.operations import attest_release
 from release.states import ReleaseEvent, advance
 
