@@ -25,7 +25,9 @@ from hailo_airflow.params import ROLLBACK_PARAMS
     doc_md=__doc__,
 )
 def hailo_rollback() -> None:
-    @task(queue="edge", pool="hailo_edge_devices")
+    # Its own pool and the highest priority: an on-call rollback never queues behind a canary's
+    # deploy or gate for a pool slot; the device agent's lock still orders the two on the device.
+    @task(queue="edge", pool="hailo_oncall", priority_weight=1000, weight_rule="absolute")
     def rollback_device(**context: object) -> dict[str, object]:
         from hailo_airflow.steps import run_device_rollback
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from release.identifiers import TAG_BODY, json_schema_pattern
 from release.request import params_json_schema
 
 _SCHEMA = params_json_schema()
@@ -39,9 +40,10 @@ ROLLBACK_PARAMS: dict[str, dict[str, Any]] = {
     "to": {
         "default": "previous",
         "type": "string",
-        "pattern": r"^(previous|[A-Za-z0-9][A-Za-z0-9_.-]{0,127})$",
+        "pattern": json_schema_pattern(f"previous|{TAG_BODY}"),
         "not": {"pattern": r"\.\."},
-        "description": "release tag to roll back to, or 'previous' (last-known-good)",
+        "description": "release tag to roll back to, or 'previous' (the committed release before the device's "
+                       "last-known-good, from the store's history)",
     },
     "reason": {"default": "on-call rollback", "type": "string", "maxLength": 500},
 }
@@ -51,5 +53,5 @@ DECISION_PARAMS: dict[str, dict[str, Any]] = {
     "release_tag": {"description": "the held release tag", **_SCHEMA["release_tag"]},
     "decision": {"type": "string", "enum": ["approve", "reject"],
                  "description": "approve promotes the held canary; reject rolls the device back"},
-    "reason": {"type": "string", "minLength": 1, "maxLength": 500, "description": "recorded in the ledger"},
+    "reason": {"type": "string", "minLength": 1, "maxLength": 500, "description": "recorded in the history and the decision manifest"},
 }

@@ -107,3 +107,22 @@ def test_decision_dag_requires_a_held_tag_decision_and_reason(dagbag):
             for k, v in {**good, key: bad}.items():
                 trial[k] = v
             trial.validate()
+
+
+def test_oncall_rollback_never_waits_for_a_canary_pool_slot(dagbag):
+    import copy
+    import json
+    from pathlib import Path
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    task = dagbag.dags["hailo_rollback"].get_task("rollback_device")
+    canary_pools = {t.pool for t in dagbag.dags["hailo_canary_release"].tasks}
+    assert task.pool not in canary_pools and task.priority_weight >= 1000
+    pools = json.loads((Path(__file__).resolve().parents[2] / "docker" / "airflow" / "pools.json").read_text())
+    assert pools[task.pool]["slots"] >= 1  # created by `airflow pools import` with the others
+    for bad in ("previous\n", "v1;reboot", "a..b"):
+        trial = copy.deepcopy(dagbag.dags["hailo_rollback"].params)
+        with pytest.raises(ParamValidationError):
+            trial["to"] = bad
+            trial.validate()
