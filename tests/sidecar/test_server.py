@@ -121,3 +121,34 @@ def test_smoke_fails_on_null_or_non_finite_outputs(server):
         httpd.shutdown()
     assert any("latent has 64 non-finite" in p for p in problems), problems
     assert any("motif_scores has 1 non-finite" in p and "index 11" in p for p in problems), problems
+
+
+def test_accepted_connections_get_tcp_nodelay():
+    """The pre-bound listening socket must say IPPROTO_TCP, or asyncio leaves Nagle on for accepted
+    connections and every keep-alive answer waits for the client's delayed ACK (the runtime image
+    runs the asyncio loop)."""
+    import asyncio
+
+    from hailo_sidecar.__main__ import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        seen: asyncio.Future[int] = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                server_side = transport.get_extra_info("socket")
+                seen.set_result(server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await loop.create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(seen, 30)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
