@@ -28,6 +28,7 @@ LEASE_UNITS = tuple(Path(__file__).with_name("data").joinpath("pi").glob("hailo-
 BUNDLE_FILES = ("manifest.json", "manifest.json.sig", "model.hef", "model.onnx", "hef_sha256sum.txt")
 AGENT_EXIT_INTEGRITY, AGENT_EXIT_PREFLIGHT, AGENT_EXIT_LOCKED, AGENT_EXIT_UNHEALTHY, AGENT_EXIT_LEASE = 3, 4, 5, 6, 7
 LAST_KNOWN_GOOD = "last-known-good"
+MAX_LOAD_RESULT_BYTES = 64 << 20
 
 
 class Unhealthy(StepFailed):
@@ -175,7 +176,16 @@ def load(transport: Transport, device: DeviceSpec, windows: Any, params: dict[st
                 "probe_timeout_s", "metrics_timeout_s"):
         if params.get(key) is not None:
             argv += [f"--{key.replace('_', '-')}", str(params[key])]
-    return _agent(transport, device, *argv, timeout=float(params["time_bound_s"]) + 60).body
+    body = _agent(transport, device, *argv, timeout=float(params["time_bound_s"]) + 60).body
+    if "result_file" not in body:
+        return body
+    with tempfile.TemporaryDirectory() as tmp:  # a large answer: the agent left it in a file
+        local = Path(tmp) / "load-result.json"
+        transport.download(f"{device.agent_root}/gate/load-result.json", local)
+        if local.stat().st_size > MAX_LOAD_RESULT_BYTES:
+            raise StepFailed(f"device {device.name}: load result of {local.stat().st_size} bytes is too large")
+        result: dict[str, Any] = json.loads(local.read_text(encoding="utf-8"))
+        return result
 
 
 def device_loader(device: DeviceSpec, open_transport: Callable[[], Transport]) -> Callable[[Any, dict[str, Any]], dict[str, Any]]:

@@ -38,6 +38,7 @@ MAX_BATCH_BYTES = 16 << 20
 MAX_METRICS_BYTES = 8 << 20
 MAX_REASON_CHARS = 300
 COMPRESS_OVER = 4096  # JSON bytes above which timings travel compressed
+MAX_PRINTED_BYTES = 512 << 10  # a larger answer is written to a file (see command)
 # One row per request: intended_s, sent_s (both from the run's start), latency_ms (from the intended
 # send time), HTTP status (0: transport error), index into the error list (-1: no error).
 ROW_FIELDS = ("intended_s", "sent_s", "latency_ms", "status", "error")
@@ -332,5 +333,12 @@ def command(cfg: dict[str, Any], args: Any, current: str | None) -> int:
         print(json.dumps({"error": 2, "detail": f"cannot run the load: {describe(exc)}"}))
         return 2
     out["current"] = current
-    print(json.dumps(out, separators=(",", ":")))
+    line = json.dumps(out, separators=(",", ":"))
+    if len(line) > MAX_PRINTED_BYTES:
+        # An SSH channel stalls a writer whose reader has not drained its window (paramiko: 2 MB):
+        # a large answer goes into a file beside the windows, for the orchestrator to download.
+        result = args.windows.with_name("load-result.json")
+        result.write_text(line, encoding="utf-8")
+        line = json.dumps({"result_file": str(result), "bytes": len(line)})
+    print(line)
     return 0

@@ -167,3 +167,33 @@ def test_a_zip_bomb_from_the_agent_is_refused():
     bomb = base64.b64encode(zlib.compress(b"[" + b" " * (80 << 20) + b"]", 9)).decode()
     with pytest.raises(AgentDataError, match="once inflated"):
         decode_samples({"encoding": "zlib+base64", "data": bomb})
+
+
+def test_a_large_answer_travels_as_a_file(tmp_path, monkeypatch, capsys):
+    """Over SSH a writer stalls once the reader's window is full: a large `load` answer is left in a file
+    beside the windows and downloaded, not printed."""
+    import argparse
+
+    from release import device_load
+    from release.devices import DeviceSpec
+    from release.transport import LocalTransport, RemoteResult
+
+    monkeypatch.setattr(device_load, "MAX_PRINTED_BYTES", 100)
+    gate_dir = tmp_path / "gate"
+    gate_dir.mkdir()
+    (gate_dir / "windows.json").write_text(json.dumps({"windows": WINDOWS.tolist()}))
+    args = argparse.Namespace(windows=gate_dir / "windows.json", rate=20.0, duration_s=0.5, concurrency=2, timeout_s=0.5,
+                              error_limit=3, latent_dim=64, num_motifs=12, probe_timeout_s=1.0, metrics_timeout_s=1.0)
+    assert device_load.command({"health_url": f"http://127.0.0.1:{free_port()}"}, args, "v1") == 0
+    printed = capsys.readouterr().out.strip()
+    assert json.loads(printed)["result_file"] == str(gate_dir / "load-result.json")
+
+    class Device(LocalTransport):
+        def run(self, argv, timeout=120.0):
+            return RemoteResult(0, printed + "\n", "") if "load" in argv else super().run(argv, timeout)
+
+    spec = DeviceSpec(name="pi-file", transport="local", agent_root=str(tmp_path), gate_url="http://127.0.0.1:9")
+    body = dep.load(Device(), spec, WINDOWS, {"rate": 20.0, "duration_s": 0.5, "time_bound_s": 5})
+    assert body["current"] == "v1" and "ConnectionRefusedError" in body["parity"]["error"]
+    report = run_device_gate(lambda w, p: body, FAULT, windows=WINDOWS, reference=REF, baseline_latencies=None)
+    assert report.verdict is Verdict.FAIL and "ConnectionRefusedError" in _check(report, "error_rate").reason
