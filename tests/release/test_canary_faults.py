@@ -47,6 +47,7 @@ DEVICE = "pi-fault"
 # 15 s at load 6 on 2 cores (a 10 s margin let the lease run out before the commit there).
 GATE = {"duration_s": 5, "lease_margin_s": 20, "rate_windows_per_s": 22}
 LEASE_S = 25.0
+AFTER_THE_GATE = ("promote", "publish")
 POINTS = ("deploy_health", "gate_parity", "gate_load", "gate_metrics", "promote", "publish")
 KINDS = ("raise", "kill", "cut")
 
@@ -112,6 +113,10 @@ def _wait_settled(fb: FaultBed, expected: str, timeout: float) -> float:
     pytest.fail(f"device did not settle on {expected} within {timeout:.0f}s: {fb.agent_status()}")
 
 
+class PointNotReached(Exception):
+    """The run ended before the fault point: the gate did not pass, so promote/publish never came."""
+
+
 def _run_cli_with_fault(fb: FaultBed, tag: str, point: str, kind: str, tmp_path: Path) -> int | None:
     marker = tmp_path / "fault.marker"
     argv = [sys.executable, "-m", "release.cli", "run", "--tag", tag, "--continuity-id", "ADR-0007-hailo-docker-2025-08-31",
@@ -123,6 +128,8 @@ def _run_cli_with_fault(fb: FaultBed, tag: str, point: str, kind: str, tmp_path:
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():
+            if proc.poll() is not None and proc.returncode in (10, 11) and point in AFTER_THE_GATE:
+                raise PointNotReached(f"exit {proc.returncode}")
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"fault point {point} never reached (exit {proc.returncode}): "
                             f"{(tmp_path / 'orchestrator.log').read_text()[-3000:]}")
@@ -142,35 +149,61 @@ def _run_cli_with_fault(fb: FaultBed, tag: str, point: str, kind: str, tmp_path:
         log.close()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("point", POINTS)
-def test_fault_after_activation_ends_on_last_known_good(fault_bed, point, kind, tmp_path, monkeypatch):
-    fb = fault_bed
-    tag = f"f-{point.replace('_', '-')}-{kind}"
-    history = History(fb.store)
-    lkg_before = history.last_known_good(DEVICE)
-    assert lkg_before is not None
-    committed = point == "publish"  # the only point after the device's commit
-    expected = tag if committed else lkg_before[0]
+def _settle_unreached(fb: FaultBed, tag: str) -> None:
+    """A release whose gate did not pass on this (busy) host: undo a held canary so the next attempt starts clean."""
+    from release.operations import rollback_device
 
+    if History(fb.store).state_of(tag) == "held":
+        lkg = History(fb.store).last_known_good(DEVICE)
+        assert lkg is not None
+        rollback_device(fb.env, fb.store, device=DEVICE, to=lkg[0], reason="test: held, retrying", triggered_by="pytest")
+
+
+def _attempt(fb: FaultBed, tag: str, point: str, kind: str, expected: str, tmp_path: Path, monkeypatch) -> float:
+    """One release with the fault; seconds until the device settled. PointNotReached if the gate did not pass."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     if kind == "raise":
         monkeypatch.setenv("HAILO_FAULT_AT", f"{point}:raise")
         faults.reset()
         try:
-            run_all(fb.request(tag), fb.env, fb.store, say=lambda _m: None)
+            outcome = run_all(fb.request(tag), fb.env, fb.store, say=lambda _m: None)
         except Exception as exc:
             assert "injected fault" in str(exc), exc
         else:
+            if point in AFTER_THE_GATE and point not in faults._fired:
+                raise PointNotReached(outcome.state.value)
             assert point.startswith("gate_"), "only the gate turns an exception into a verdict (fail)"
+        finally:
+            monkeypatch.delenv("HAILO_FAULT_AT", raising=False)
         assert point in faults._fired  # the fault really happened
-        settle_s = _wait_settled(fb, expected, 30)  # the orchestrator restored it itself: no lease wait
+        return _wait_settled(fb, expected, 30)  # the orchestrator restored it itself: no lease wait
+    code = _run_cli_with_fault(fb, tag, point, kind, tmp_path)
+    if kind == "cut" and point != "publish":
+        assert code == 1, (tmp_path / "orchestrator.log").read_text()[-3000:]
+    # Nobody is left to roll back: the device's own lease does it (plus start-up and one restart).
+    return _wait_settled(fb, expected, LEASE_S + 30)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("point", POINTS)
+def test_fault_after_activation_ends_on_last_known_good(fault_bed, point, kind, tmp_path, monkeypatch):
+    fb = fault_bed
+    # promote and publish come only after a passing gate. On a host loaded by other work the gate may
+    # rightly fail or hold a good canary (its baseline was measured at another load): that run is
+    # settled, and the fault is tried again on a fresh release — the gate is not what this tests.
+    for attempt in range(1, 4):
+        tag = f"f-{point.replace('_', '-')}-{kind}-{attempt}"
+        lkg_before = History(fb.store).last_known_good(DEVICE)
+        assert lkg_before is not None
+        committed = point == "publish"  # the only point after the device's commit
+        expected = tag if committed else lkg_before[0]
+        try:
+            settle_s = _attempt(fb, tag, point, kind, expected, tmp_path / str(attempt), monkeypatch)
+            break
+        except PointNotReached:
+            _settle_unreached(fb, tag)
     else:
-        code = _run_cli_with_fault(fb, tag, point, kind, tmp_path)
-        if kind == "cut" and not committed:
-            assert code == 1, (tmp_path / "orchestrator.log").read_text()[-3000:]
-        # Nobody is left to roll back: the device's own lease does it (plus start-up and one restart).
-        settle_s = _wait_settled(fb, expected, LEASE_S + 30)
-    monkeypatch.delenv("HAILO_FAULT_AT", raising=False)
+        pytest.fail(f"the gate never passed a good canary in 3 attempts, so {point} was never reached")
 
     assert fb.health()["hef_sha256"] == fb.hef_of(expected)  # the sidecar itself says what runs
     assert fb.health()["config_version"] == f"cfg-{expected}"
@@ -184,4 +217,4 @@ def test_fault_after_activation_ends_on_last_known_good(fault_bed, point, kind, 
     assert History(fb.store).last_known_good(DEVICE)[0] == expected
     manifest = ReleaseManifest.from_json(fb.store.get_bytes(tag, MANIFEST_NAME))
     assert manifest.state.value == final_states[0] and manifest.lease_s == LEASE_S
-    print(f"{point}/{kind}: device settled on {expected} in {settle_s:.1f}s; state {final_states[0]}")
+    print(f"{point}/{kind}: device settled on {expected} in {settle_s:.1f}s; state {final_states[0]} (attempt {attempt})")
