@@ -50,47 +50,23 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Shipped as two files into the same bin/ directory; -I (isolated mode) drops the script's
-# directory from sys.path, so it is put back explicitly. mypy sees the package module.
+# Shipped as sibling files in the same bin/ directory; -I (isolated mode) drops the script's
+# directory from sys.path, so it is put back explicitly. mypy sees the package modules.
 if TYPE_CHECKING:
-    from . import device_load
-    from .device_checks import (
-        EXIT_FAIL,
-        EXIT_INTEGRITY,
-        EXIT_LEASE,
-        EXIT_LOCKED,
-        EXIT_PREFLIGHT,
-        EXIT_UNHEALTHY,
-        EXIT_USAGE,
-        LKG,
-        AgentError,
-        Checks,
-        check_tag,
-        crash_point,
-        fsync_dir,
-        lock,
-        write_atomic,
-    )
+    from . import device_checks, device_load
 else:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import device_checks
     import device_load
-    from device_checks import (
-        EXIT_FAIL,
-        EXIT_INTEGRITY,
-        EXIT_LEASE,
-        EXIT_LOCKED,
-        EXIT_PREFLIGHT,
-        EXIT_UNHEALTHY,
-        EXIT_USAGE,
-        LKG,
-        AgentError,
-        Checks,
-        check_tag,
-        crash_point,
-        fsync_dir,
-        lock,
-        write_atomic,
-    )
+
+EXIT_FAIL, EXIT_INTEGRITY, EXIT_LEASE = device_checks.EXIT_FAIL, device_checks.EXIT_INTEGRITY, device_checks.EXIT_LEASE
+EXIT_LOCKED, EXIT_PREFLIGHT = device_checks.EXIT_LOCKED, device_checks.EXIT_PREFLIGHT
+EXIT_UNHEALTHY, EXIT_USAGE, LKG = device_checks.EXIT_UNHEALTHY, device_checks.EXIT_USAGE, device_checks.LKG
+Checks = device_checks.Checks
+AgentError, check_tag = device_checks.AgentError, device_checks.check_tag
+crash_point, fsync_dir, lock, write_atomic = (
+    device_checks.crash_point, device_checks.fsync_dir, device_checks.lock, device_checks.write_atomic
+)
 
 __all__ = ["EXIT_FAIL", "EXIT_INTEGRITY", "EXIT_LEASE", "EXIT_LOCKED", "EXIT_PREFLIGHT", "EXIT_UNHEALTHY", "EXIT_USAGE",
            "AgentError", "check_tag", "main"]
