@@ -4,7 +4,7 @@
 #   PostgreSQL (private cluster, 127.0.0.1) + Redis (127.0.0.1, password) + api-server, scheduler,
 #   dag-processor, triggerer (CeleryExecutor) + one Celery worker per queue (`hailo-builder`, `edge`),
 #   each worker with its own --celery-hostname, log-server port and HAILO_PIPELINE_ROOT; the two
-#   share only the artifact store (HAILO_ARTIFACT_ROOT, HAILO_LEDGER_DIR), as two hosts would.
+#   share only the artifact store (HAILO_ARTIFACT_ROOT, with the release history in it), as two hosts would.
 #
 #   scripts/scaleout.sh start    # idempotent; waits until every component is up
 #   scripts/scaleout.sh status   # exit 0 when every component it started is running
@@ -192,7 +192,7 @@ export_airflow_env() {
     export PYTHONPATH="$REPO_ROOT/plugins:$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
     export PATH="$VENV/bin:$PATH"
     # The release store both workers share (the only thing two hosts have in common).
-    export HAILO_ARTIFACT_ROOT="$STATE/store/artifacts" HAILO_LEDGER_DIR="$STATE/store/ledger"
+    export HAILO_ARTIFACT_ROOT="$STATE/store/artifacts"
 }
 
 # --- components ------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ out, port, user, pw_file, state, host, pub, auth, release_user, release_pw_file 
 json.dump({
     "url": f"http://127.0.0.1:{port}", "username": user, "password_file": pw_file, "state": state, "auth": auth,
     "release_user": release_user if auth == "fab" else None, "release_password_file": release_pw_file,
-    "artifact_root": f"{state}/store/artifacts", "ledger_dir": f"{state}/store/ledger", "signing_pub": pub,
+    "artifact_root": f"{state}/store/artifacts", "signing_pub": pub,
     "workers": {q: {"celery_hostname": f"{q}@{host}", "task_hostname": f"{q}.{host}",
                     "pipeline_root": f"{state}/workers/{q}/pipeline"} for q in ("hailo-builder", "edge")},
 }, open(out, "w"), indent=2)
@@ -327,7 +327,7 @@ cmd_start() {
     [ -x "$AIRFLOW" ] || die "$AIRFLOW not found: run scripts/setup.sh (HAILO_VENV=$VENV)"
     "$PY" -c 'import airflow.providers.celery, airflow.providers.postgres, airflow.providers.fab' 2>/dev/null ||
         die "$VENV lacks the Celery/PostgreSQL/FAB providers: install requirements/celery.lock (scripts/setup.sh)"
-    mkdir -p "$STATE/logs/airflow" "$STATE/run" "$STATE/store/artifacts" "$STATE/store/ledger"
+    mkdir -p "$STATE/logs/airflow" "$STATE/run" "$STATE/store/artifacts"
     STATE="$(cd "$STATE" && pwd)"
     provision_secrets
     export_airflow_env
