@@ -19,7 +19,24 @@ from typing import Any
 
 import numpy as np
 
-MAX_REASON_CHARS = 300
+# One reading of a canary's answers on both sides: the device agent ships device_load (stdlib only),
+# and the orchestrator side uses the same functions from it (re-exported for gate and gate_device).
+from release.device_load import (
+    MAX_REASON_CHARS as MAX_REASON_CHARS,
+)
+from release.device_load import (
+    clip as clip,
+)
+from release.device_load import (
+    describe as describe,
+)
+from release.device_load import (
+    error_body_summary as error_body_summary,
+)
+from release.device_load import (
+    infer_body_problem as infer_body_problem,
+)
+
 REQUEST_METRIC = "sidecar_request_latency_seconds"
 PROBE_TIMEOUT_S = 10.0  # whole /infer/batch exchange; /metrics gets at most METRICS_TIMEOUT_S
 METRICS_TIMEOUT_S = 5.0
@@ -27,16 +44,6 @@ METRICS_TIMEOUT_S = 5.0
 
 class ProbeError(Exception):
     """The canary did not give a usable answer; the message says why."""
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc) or repr(exc)
-    return clip(f"{type(exc).__name__}: {text}")
-
-
-def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def http_exchange(
@@ -80,18 +87,6 @@ def http_exchange(
     if len(data) > max_bytes:
         raise ProbeError(f"{method} {path}: answer larger than {max_bytes} bytes")
     return status, data
-
-
-def error_body_summary(data: bytes) -> str:
-    """The sidecar's JSON error ({"error", "detail"}) if there is one, else the start of the body."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        doc = None
-    if isinstance(doc, dict) and ("error" in doc or "detail" in doc):
-        return clip(": ".join(str(doc[k]) for k in ("error", "detail") if k in doc))
-    text = data[:200].decode("utf-8", "replace")
-    return clip(text) if text.strip() else "empty body"
 
 
 def load_json(data: bytes, what: str) -> Any:
@@ -140,25 +135,7 @@ class InferBodyCheck:
         self.lengths = {"latent": latent_dim, "motif_scores": num_motifs}
 
     def __call__(self, data: bytes) -> str:
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return "answer is not JSON"
-        if not isinstance(doc, dict):
-            return f"answer is a JSON {type(doc).__name__}, not an object"
-        for key, length in self.lengths.items():
-            values = doc.get(key)
-            if not isinstance(values, list) or not values:
-                return f"{key!r} missing or not a non-empty list"
-            if length is not None and len(values) != length:
-                return f"{key!r} has {len(values)} values, expected {length}"
-            if not all(_finite_number(v) for v in values):
-                return f"{key!r} has a value that is not a finite number"
-        return ""
-
-
-def _finite_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        return infer_body_problem(data, self.lengths)
 
 
 def scrape_histogram(base_url: str, endpoint: str = "/infer", timeout: float = 5.0) -> dict[float, float]:
