@@ -152,24 +152,10 @@ class LocalArtifactStore:
         return self._path(tag, name).is_file()
 
     def publish(self, tag: str, manifest_bytes: bytes) -> ArtifactRef:
-        rel_dir = self._release_dir(tag)
-        dest = rel_dir / MANIFEST_NAME
-        rel_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=rel_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(manifest_bytes)
-                fh.flush()
-                os.fsync(fh.fileno())
-            # link() fails if the target exists, so two publishers cannot both win, and the
-            # manifest appears complete or not at all.
-            try:
-                os.link(tmp_name, dest)
-            except FileExistsError:
-                raise ArtifactExists(f"release {tag} is already published; it is immutable") from None
-            _fsync_dir(rel_dir)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+        dest = self._release_dir(tag) / MANIFEST_NAME
+        # Create-only: two publishers cannot both win, and the manifest appears complete or not at all.
+        if not _create_only(dest, manifest_bytes):
+            raise ArtifactExists(f"release {tag} is already published; it is immutable")
         return ArtifactRef(tag, MANIFEST_NAME, dest.as_uri(), sha256_bytes(manifest_bytes), len(manifest_bytes))
 
     def is_published(self, tag: str) -> bool:
@@ -187,22 +173,7 @@ class LocalArtifactStore:
         return self.root / "records" / check_record_key(key)
 
     def create_record(self, key: str, data: bytes) -> bool:
-        dest = self._record_path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp_name, dest)  # create-only, like publish(): of two writers exactly one wins
-            except FileExistsError:
-                return False
-            _fsync_dir(dest.parent)
-            return True
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+        return _create_only(self._record_path(key), data)
 
     def read_record(self, key: str) -> bytes:
         try:
@@ -215,6 +186,26 @@ class LocalArtifactStore:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
+
+
+def _create_only(dest: Path, data: bytes) -> bool:
+    """Write ``dest`` whole (temp file + fsync + link) only if it does not exist; False if it did.
+    link() fails on an existing target, so of two writers exactly one wins."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp_name, dest)
+        except FileExistsError:
+            return False
+        _fsync_dir(dest.parent)
+        return True
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
