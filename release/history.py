@@ -154,15 +154,12 @@ class History:
 
     def in_flight(self, device: str) -> str | None:
         """The release whose canary is on ``device`` and not yet decided (promoted, rolled back, failed)."""
-        from release.states import TERMINAL, ReleaseState
+        from release.states import ON_DEVICE
 
         seen: set[str] = set()
         for record in reversed(self.for_device(device)):
-            if record.release_tag in seen:
-                continue
-            seen.add(record.release_tag)
-            state = ReleaseState(self.state_of(record.release_tag) or ReleaseState.FAILED)
-            if state not in TERMINAL and state in (ReleaseState.CANARY_DEPLOYED, ReleaseState.GATE_PASSED,
-                                                   ReleaseState.GATE_FAILED, ReleaseState.HELD):
+            # Newest first: the first record seen of a release is its latest, so it holds its state.
+            if record.release_tag not in seen and record.to_state in ON_DEVICE:
                 return record.release_tag
+            seen.add(record.release_tag)
         return None
