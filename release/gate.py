@@ -102,6 +102,7 @@ class GateReport(BaseModel):
         return GateRecord(
             thresholds=self.settings.thresholds(), measured=measured, verdict=self.verdict.value,
             reasons=self.reasons, report_uri=report_uri, histogram_uri=histogram_uri,
+            mode=self.mode, timings_include_network=self.mode == "orchestrator",
         )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import rfc8785
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from release.errors import ManifestError
 from release.identifiers import anchor_schema_patterns
@@ -100,6 +100,22 @@ class GateRecord(_Frozen):
     reasons: tuple[str, ...] = ()
     report_uri: str | None = None
     histogram_uri: str | None = None
+    # Optional, so manifests written before the gate had two modes still load (schema version 1).
+    mode: Literal["device", "orchestrator"] | None = Field(
+        None, description="where the gate's load was generated: 'device' (the device agent, against the sidecar "
+        "EdgeInfer calls) or 'orchestrator' (across the network to gate_url); null when nothing was measured",
+    )
+    timings_include_network: bool | None = Field(
+        None, description="whether the measured client timings include the network round trip between the "
+        "orchestrator and the device (true only for the orchestrator mode); null when nothing was measured",
+    )
+
+    @model_validator(mode="after")
+    def _network_follows_mode(self) -> GateRecord:
+        expected = None if self.mode is None else self.mode == "orchestrator"
+        if self.timings_include_network is not expected:
+            raise ValueError(f"gate mode {self.mode!r} means timings_include_network={expected}")
+        return self
 
 
 class StepRecord(_Frozen):

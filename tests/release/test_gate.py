@@ -207,3 +207,25 @@ def test_overrides_only_tighten():
             settings_with_overrides(bad)
     with pytest.raises(ValueError):
         GateSettings(p95_ms=51)
+
+
+@pytest.mark.parametrize(("mode", "network"), [("device", False), ("orchestrator", True)])
+def test_the_manifest_records_the_gate_mode_and_whether_timings_include_the_network(mode, network):
+    from release.manifest import GateRecord, ReleaseManifest
+    from tests.fixtures.manifests import make_manifest
+
+    report = analyse(_samples(_rng().normal(10, 1, 250)), S, server_p95_ms=11.0).measured_in(mode)
+    record = report.to_record("file:///r.json")
+    assert (record.mode, record.timings_include_network) == (mode, network)
+    signed = ReleaseManifest.from_json(make_manifest().with_updates(gate=record).canonical_json())
+    assert signed.gate.mode == mode and signed.gate.timings_include_network is network
+    # A record that contradicts itself is refused; one from before the two modes (no fields) still loads.
+    with pytest.raises(ValueError, match="timings_include_network"):
+        GateRecord(thresholds={}, mode=mode, timings_include_network=not network)
+    with pytest.raises(ValueError, match="timings_include_network"):
+        GateRecord(thresholds={}, timings_include_network=network)
+    old = json.loads(make_manifest().canonical_json())
+    assert "mode" in old["gate"]  # written as null today
+    for key in ("mode", "timings_include_network"):
+        del old["gate"][key]
+    assert ReleaseManifest.from_dict(old).gate.mode is None
