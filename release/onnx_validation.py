@@ -13,7 +13,6 @@ initializer at fault and what was expected.
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cache
 from pathlib import Path
@@ -295,7 +294,3 @@ def write_report(report: OnnxReport, path: Path) -> Path:
     path.write_text(report.to_json() + "\n", encoding="utf-8")
     return path
 
-
-def report_summary(report: OnnxReport) -> dict[str, Any]:
-    summary: dict[str, Any] = json.loads(report.model_dump_json(include={"sha256", "opset", "ops", "warnings"}))
-    return summary

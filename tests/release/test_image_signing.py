@@ -186,7 +186,7 @@ def test_runtime_image_build_push_run(docker_cli, oci_registry, base_image, tmp_
                 break
             except OSError:
                 time.sleep(0.5)
-        smoke = subprocess.run([str(Path(__import__("sys").executable)), "-m", "hailo_sidecar.smoke",
+        smoke = subprocess.run([str(Path(__import__("sys").executable)), "-m", "tests.fixtures.sidecar_smoke",
                                 f"http://127.0.0.1:{port}", "--expect-config-version", "cfg-img"], capture_output=True, text=True)
         assert smoke.returncode == 0, smoke.stderr
         uid = subprocess.run([docker_cli, "exec", name, "id", "-u"], capture_output=True, text=True, check=True).stdout.strip()
