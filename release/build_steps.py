@@ -121,7 +121,7 @@ def compile_hef(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, com
         raise IntegrityError(f"release {req.release_tag}: model.onnx in the store does not match the validated sha256")
     calib, _ = write_calibration_set(work / "calibration")
     if command_runner is None and env.compiler_image:  # the CLI path: `docker run` per stage (Airflow: Docker hook)
-        from release.compile import ContainerRunner
+        from release.dfc_runners import ContainerRunner
 
         command_runner = ContainerRunner(env.compiler_image, docker=env.docker_bin or "docker")
     hailo = "hailo" if command_runner is not None else env.hailo_bin

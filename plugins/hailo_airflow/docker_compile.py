@@ -1,6 +1,6 @@
 """Run the DFC stages in the x86_64 compiler container through the Docker provider's hook.
 
-The container itself is data from the release library (`release.compile.container_command`):
+The container itself is data from the release library (`release.dfc_runners.container_command`):
 image, entrypoint, command, bind mounts (the build dir at /work, the licence read-only), user,
 environment, no network. This runner maps that onto the docker SDK client the provider's
 ``DockerHook`` hands out (created lazily, at the first stage) and the container's exit code and
@@ -18,17 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from release.compile import CommandResult, container_command, image_reference
+from release.dfc_runners import CommandResult, container_command, image_reference
 from release.errors import StepFailed, ToolNotFound
 
 if TYPE_CHECKING:
-    from docker import APIClient
+    from docker.api.client import APIClient
 
 DEFAULT_DOCKER_URL = "unix://var/run/docker.sock"
 
 
 class DockerHookRunner:
-    """A ``release.compile.CommandRunner`` over ``DockerHook(...).api_client``."""
+    """A ``release.dfc_runners.CommandRunner`` over ``DockerHook(...).api_client``."""
 
     def __init__(
         self,

@@ -113,7 +113,7 @@ def test_compile_task_runs_the_dfc_in_the_compiler_image(docker_cli, dfc_double_
     from hailo_airflow.operators import HailoCompileOperator
 
     from release import build_steps
-    from release.compile import check_hef
+    from release.hef_format import check_hef
     from release.manifest import ReleaseManifest
     from release.pipeline_env import PipelineEnv
     from release.request import ReleaseRequest

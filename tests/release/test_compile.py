@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 
 from release.calibration import build_calibration_set, load_windows, write_calibration_set
-from release.compile import (
-    PLACEHOLDER_MAGIC,
-    BindMount,
-    ContainerRunner,
-    assert_deployable,
-    check_hef,
-    compile_hef,
-    container_command,
-    is_placeholder_hef,
-)
+from release.compile import assert_deployable, compile_hef
 from release.dfc import DfcVersions, check_toolchain, parse_version_output, parser_argv
+from release.dfc_runners import BindMount, ContainerRunner, container_command
 from release.errors import IntegrityError, InvalidInput, RefusedForProduction, StepFailed, ToolNotFound
+from release.hef_format import PLACEHOLDER_MAGIC, check_hef, is_placeholder_hef
 from tests.fixtures.doubles import DOUBLES_BIN
 
 
