@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from release.errors import InvalidInput
-from release.github_setup import Checker, GitHubApi, report_lines
+from release.github_api import GitHubApi
+from release.github_settings_check import Checker, report_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = REPO_ROOT / "tests" / "data" / "github" / "configured"
