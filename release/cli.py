@@ -21,7 +21,7 @@ from release.errors import ReleaseError
 from release.progress import Progress
 
 # Subcommands that live in their own modules: each exposes register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("release.cli_trigger", "release.github_setup")
+COMMAND_MODULES: tuple[str, ...] = ("release.cli_trigger", "release.github_setup", "release.cli_fleet")
 
 EXIT_INTERNAL = 70
 Handler = Callable[[argparse.Namespace], int]
@@ -84,15 +84,18 @@ def _cmd_check_continuity_id(args: argparse.Namespace) -> int:
 
 
 def _env_and_store() -> tuple[Any, Any]:
+    """The local store under HAILO_ARTIFACT_ROOT, or HAILO_ARTIFACT_STORE=gs://bucket[/root] read and
+    written directly (the ``gcs`` extra; credentials the standard google-cloud way)."""
     import os
 
-    from release.errors import InvalidInput
+    from release.gcs_store import GcsArtifactStore, is_gcs_url
     from release.pipeline_env import PipelineEnv
     from release.store import LocalArtifactStore
 
     env = PipelineEnv.from_env()
-    if os.environ.get("HAILO_ARTIFACT_STORE", "").startswith("gs://"):
-        raise InvalidInput("the CLI reads the local artifact store; for gs:// stores use the Airflow DAGs")
+    location = os.environ.get("HAILO_ARTIFACT_STORE", "")
+    if is_gcs_url(location):
+        return env, GcsArtifactStore.from_url(location)
     return env, LocalArtifactStore(env.store_root)
 
 

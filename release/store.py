@@ -3,8 +3,8 @@
 Layout (every implementation): ``releases/<tag>/<name>``. Artifacts are written first;
 ``manifest.json`` is written last and atomically, and its presence is what makes a release
 *published*. After that the release is immutable: any further write raises ArtifactExists.
-The GCS implementation lives in ``plugins/hailo_airflow/gcs_store.py`` because it uses the
-Airflow Google provider's hook, which this library must not import.
+The GCS implementation is ``release/gcs_store.py`` (google-cloud-storage, the ``gcs`` extra; the
+Airflow tasks give it the Google provider's client, ``plugins/hailo_airflow/gcs_store.py``).
 """
 
 from __future__ import annotations

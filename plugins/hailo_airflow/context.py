@@ -16,13 +16,12 @@ def request_from(value: dict[str, Any] | ReleaseRequest) -> ReleaseRequest:
 
 
 def artifact_store(env: PipelineEnv, store_uri: str | None = None, gcp_conn_id: str = "google_cloud_default") -> ArtifactStore:
-    """The local store (embedded default) or GCS when HAILO_ARTIFACT_STORE=gs://bucket."""
+    """The local store (embedded default) or GCS when HAILO_ARTIFACT_STORE=gs://bucket[/root]."""
     import os
 
     uri = store_uri or os.environ.get("HAILO_ARTIFACT_STORE", "")
     if uri.startswith(GCS_PREFIX):
         from hailo_airflow.gcs_store import GcsArtifactStore
 
-        bucket = uri.removeprefix(GCS_PREFIX).strip("/")
-        return GcsArtifactStore(gcp_conn_id=gcp_conn_id, bucket=bucket)
+        return GcsArtifactStore.for_url(uri, gcp_conn_id=gcp_conn_id)
     return LocalArtifactStore(env.store_root)

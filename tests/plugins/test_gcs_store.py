@@ -1,4 +1,5 @@
-"""The GCS artifact store through GCSHook against a real GCS emulator (fake-gcs-server)."""
+"""The GCS artifact store as Airflow tasks build it (release.gcs_store on GCSHook's client, credentials from the
+Airflow connection) against a real GCS emulator (fake-gcs-server)."""
 
 from __future__ import annotations
 
@@ -73,14 +74,12 @@ def test_concurrent_publishers_one_wins(store):
 
 
 def test_corrupted_upload_detected(store, monkeypatch):
-    original = store.hook.upload
+    original = store._upload
 
-    def corrupting_upload(**kw):
-        if "data" in kw:
-            kw["data"] = kw["data"] + b"!"
-        return original(**kw)
+    def corrupting_upload(obj, data, **kw):
+        return original(obj, data + b"!" if isinstance(data, bytes) else data, **kw)
 
-    monkeypatch.setattr(store.hook, "upload", corrupting_upload)
+    monkeypatch.setattr(store, "_upload", corrupting_upload)
     with pytest.raises(IntegrityError, match=r"releases/v3/a.txt: sha256 .* does not match"):
         store.put_bytes("v3", "a.txt", b"payload")
 
@@ -96,13 +95,13 @@ def test_object_replaced_behind_the_stores_back_fails_verify(store):
 
 
 def test_publish_landing_during_an_upload_is_reported(store, monkeypatch):
-    original = store.hook.upload
+    original = store._upload
 
-    def upload_then_someone_publishes(**kw):
-        original(**kw)
+    def upload_then_someone_publishes(obj, data, **kw):
+        original(obj, data, **kw)
         _raw_client().bucket(store.bucket_name).blob("releases/v5/manifest.json").upload_from_string(b"{}")
 
-    monkeypatch.setattr(store.hook, "upload", upload_then_someone_publishes)
+    monkeypatch.setattr(store, "_upload", upload_then_someone_publishes)
     with pytest.raises(ArtifactExists, match="published while late.txt was being written"):
         store.put_bytes("v5", "late.txt", b"x")
 
