@@ -107,12 +107,30 @@ def deploy(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_clie
 
 
 # -- gate -------------------------------------------------------------------------------------
-def gate(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client_factory: SshFactory = None) -> GateResult:
+def measure_gate(store: ArtifactStore, tag: str, device: DeviceSpec, settings: Any, baseline: Any,
+                 ssh_client_factory: SshFactory = None) -> Any:
+    """Run the latency gate of release ``tag`` on ``device`` (its sidecar) and return the GateReport;
+    the canary and every fleet device use this one measurement."""
     import io
 
     import numpy as np
 
-    from release.gate import GateReport, run_gate, write_histogram_png
+    from release.gate import run_gate
+
+    ref = np.load(io.BytesIO(store.get_bytes(tag, "reference_outputs.npz")))
+    reference = {"latent": ref["latent"], "motif_scores": ref["motif_scores"]}
+    if device.gate_mode == "orchestrator":  # timings include the network: labelled so in the report
+        return run_gate(device.gate_url, settings, windows=ref["windows"], reference=reference, baseline_latencies=baseline)
+    # The agent generates the load on the device, against the sidecar EdgeInfer calls.
+    from release import deploy as dep
+    from release.gate_device import run_device_gate
+
+    start = dep.device_loader(device, lambda: open_transport(device, ssh_client_factory))
+    return run_device_gate(start, settings, windows=ref["windows"], reference=reference, baseline_latencies=baseline)
+
+
+def gate(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client_factory: SshFactory = None) -> GateResult:
+    from release.gate import GateReport, write_histogram_png
 
     t0 = time.monotonic()
     tag = req.release_tag
@@ -125,20 +143,11 @@ def gate(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, ssh_client
         save_result(store, tag, result)
         return result
     device = inventory(env).get(req.device)
-    ref = np.load(io.BytesIO(store.get_bytes(tag, "reference_outputs.npz")))
     baseline = None
     previous = ReleaseManifest.from_json(store.get_bytes(tag, CANDIDATE)).previous_release_tag
     if previous and store.exists(previous, "gate_report.json"):
         baseline = GateReport.model_validate_json(store.get_bytes(previous, "gate_report.json")).latencies_ms
-    reference = {"latent": ref["latent"], "motif_scores": ref["motif_scores"]}
-    if device.gate_mode == "orchestrator":  # timings include the network: labelled so in the report
-        report = run_gate(device.gate_url, settings, windows=ref["windows"], reference=reference, baseline_latencies=baseline)
-    else:  # the agent generates the load on the device, against the sidecar EdgeInfer calls
-        from release import deploy as dep
-        from release.gate_device import run_device_gate
-
-        start = dep.device_loader(device, lambda: open_transport(device, ssh_client_factory))
-        report = run_device_gate(start, settings, windows=ref["windows"], reference=reference, baseline_latencies=baseline)
+    report = measure_gate(store, tag, device, settings, baseline, ssh_client_factory)
     work = env.work_dir(tag, "gate")
     (work / "gate_report.json").write_text(report.model_dump_json(indent=2))
     write_histogram_png(report, work / "gate_histogram.png")

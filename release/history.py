@@ -12,7 +12,12 @@ What the history answers (the per-device ledger is a view of it):
   of a rollback), which is what every rollback restores;
 - idempotency: a record with an idempotency key is written once, however often a callback re-runs.
 
-State changes are made through ``release.states.advance``, never by appending here directly.
+Fleet rollouts add two kinds of records, both carrying ``detail["rollout_id"]``: the rollout's own
+(``device`` None, states ``rollout_*``) and each device's lifecycle of the release within that
+rollout. The release's own state (``state_of``) is read from the records without a rollout id, so a
+fleet device's gate never changes what the canary recorded.
+
+State changes are made through ``release.states``, never by appending here directly.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ GENESIS = "0" * 64
 APPEND_ATTEMPTS = 50
 # Records whose `to_state` makes their tag (or their `detail.restored`) the device's committed release.
 COMMITTING_STATES = frozenset({"promoted"})
+ROLLOUT_KEY = "rollout_id"
 
 
 class HistoryRecord(BaseModel):
@@ -117,8 +123,20 @@ class History:
     def for_tag(self, tag: str) -> list[HistoryRecord]:
         return [r for r in self.records() if r.release_tag == tag]
 
+    def release_records(self, tag: str) -> list[HistoryRecord]:
+        """The release's own records (build, canary, on-call), without any fleet rollout's."""
+        return [r for r in self.for_tag(tag) if ROLLOUT_KEY not in r.detail]
+
+    def rollout_records(self, rollout_id: str) -> list[HistoryRecord]:
+        """Every record of one fleet rollout: its own (device None) and its devices' lifecycles."""
+        return [r for r in self.records() if r.detail.get(ROLLOUT_KEY) == rollout_id]
+
+    def device_records(self, tag: str, device: str, rollout_id: str) -> list[HistoryRecord]:
+        """One device's lifecycle of ``tag`` within one rollout, oldest first."""
+        return [r for r in self.rollout_records(rollout_id) if r.device == device and r.release_tag == tag]
+
     def state_of(self, tag: str) -> str | None:
-        own = self.for_tag(tag)
+        own = self.release_records(tag)
         return own[-1].to_state if own else None
 
     def counter_of(self, tag: str) -> int | None:
@@ -154,12 +172,19 @@ class History:
 
     def in_flight(self, device: str) -> str | None:
         """The release whose canary is on ``device`` and not yet decided (promoted, rolled back, failed)."""
+        record = self.in_flight_record(device)
+        return record.release_tag if record is not None else None
+
+    def in_flight_record(self, device: str) -> HistoryRecord | None:
+        """The latest record of the undecided release on ``device`` (its rollout id, if any, in detail)."""
         from release.states import ON_DEVICE
 
-        seen: set[str] = set()
+        seen: set[tuple[str, str | None]] = set()
         for record in reversed(self.for_device(device)):
-            # Newest first: the first record seen of a release is its latest, so it holds its state.
-            if record.release_tag not in seen and record.to_state in ON_DEVICE:
-                return record.release_tag
-            seen.add(record.release_tag)
+            # Newest first: the first record seen of a release (in its scope: the release's own, or
+            # one rollout's) is its latest, so it holds its state there.
+            scope = (record.release_tag, record.detail.get(ROLLOUT_KEY))
+            if scope not in seen and record.to_state in ON_DEVICE:
+                return record
+            seen.add(scope)
         return None

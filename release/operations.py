@@ -7,6 +7,7 @@ None of them needs Airflow: the CLI and the DAGs call the same functions.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,16 @@ from release.identifiers import ReleaseTag
 from release.manifest import ReleaseManifest, StepRecord
 from release.pipeline_env import PipelineEnv
 from release.request import ReleaseRequest
-from release.states import ON_DEVICE, ReleaseEvent, ReleaseState, advance, current_state, transition
+from release.states import (
+    ON_DEVICE,
+    ReleaseEvent,
+    ReleaseState,
+    advance,
+    advance_for_device,
+    current_state,
+    state_on_device,
+    transition,
+)
 from release.store import MANIFEST_NAME, ArtifactStore
 from release.targets import connected, inventory
 from release.verify import VerifyPolicy, publish_signed, signing_key, verify_release
@@ -29,6 +39,7 @@ if TYPE_CHECKING:
     from release.bundle_signing import BundleSigner
 
 SshFactory = Callable[[], Any] | None
+_ENTRY_LOCK = threading.Lock()
 Decision = Literal["approve", "reject"]
 
 
@@ -81,27 +92,29 @@ def rollback_device(
     if target is None:
         raise StepFailed(f"device {device}: no earlier committed release to roll back to")
     _, pub = signing_key(env, production=False)
-    verified = verify_release(store, target, VerifyPolicy(pub, published=True), env.work_dir(target, "rollback"))
+    verified = verify_release(store, target, VerifyPolicy(pub, published=True), env.work_dir(target, f"rollback-{device}"))
     if not _was_committed(history, store, target):
         raise InvalidInput(f"{target} was never committed (promoted) on any device: it cannot be a rollback target")
     lkg = history.last_known_good(device)
     from_tag = history.in_flight(device) or (lkg[0] if lkg else None)
-    if from_tag is not None and from_tag != target:
-        transition(current_state(history, from_tag) or ReleaseState.FAILED, ReleaseEvent.ROLLBACK)  # refuse before acting
+    if from_tag is not None and from_tag != target:  # refuse before acting
+        transition(state_on_device(history, from_tag, device) or ReleaseState.FAILED, ReleaseEvent.ROLLBACK)
     hef = verified.candidate.hef.hef_sha256
     with connected(spec, ssh_client_factory) as transport:
         dep.install_agent(transport, spec, pub)
         reply = dep.rollback(transport, spec, target, expect_hef=hef)
     seconds = time.monotonic() - t0
-    counter = history.next_counter()
-    detail = {"restored": target, "restored_hef_sha256": hef, "seconds": round(seconds, 3), "entry_counter": counter}
-    if from_tag is not None and from_tag != target:
-        advance(history, from_tag, ReleaseEvent.ROLLBACK, actor=triggered_by, device=device, reason=reason, detail=detail)
-    rb_tag = ReleaseTag(f"{target}-rb{counter}").value
-    base = verified.published or verified.candidate
-    uri = _entry(store, env, base, rb_tag, counter, kind="rollback", points_to_release_tag=target,
-                 state=ReleaseState.ROLLED_BACK, previous_release_tag=reply.body.get("from"),
-                 steps=(StepRecord(name="rollback", status="real", reason=reason, duration_s=round(seconds, 3)),))
+    with _ENTRY_LOCK:  # a group rollback runs devices in threads: one counter per entry
+        counter = history.next_counter()
+        detail = {"restored": target, "restored_hef_sha256": hef, "seconds": round(seconds, 3), "entry_counter": counter}
+        if from_tag is not None and from_tag != target:
+            advance_for_device(history, from_tag, device, ReleaseEvent.ROLLBACK, actor=triggered_by, reason=reason,
+                               detail=detail)
+        rb_tag = ReleaseTag(f"{target}-rb{counter}").value
+        base = verified.published or verified.candidate
+        uri = _entry(store, env, base, rb_tag, counter, kind="rollback", points_to_release_tag=target,
+                     state=ReleaseState.ROLLED_BACK, previous_release_tag=reply.body.get("from"),
+                     steps=(StepRecord(name="rollback", status="real", reason=reason, duration_s=round(seconds, 3)),))
     return {"device": device, "rolled_back_to": target, "from": reply.body.get("from"),
             "seconds_to_healthy": round(seconds, 3), "rollback_manifest": uri}
 
@@ -227,9 +240,9 @@ def status(env: PipelineEnv, store: ArtifactStore, device: str, ssh_client_facto
     with connected(spec, ssh_client_factory) as transport:
         view = dep.status(transport, spec)
     lkg = history.last_known_good(device)
-    in_flight = history.in_flight(device)
-    result = DeviceStatus(device, view, lkg[0] if lkg else None, in_flight,
-                          history.state_of(in_flight) if in_flight else None)
+    flight = history.in_flight_record(device)
+    in_flight = flight.release_tag if flight else None
+    result = DeviceStatus(device, view, lkg[0] if lkg else None, in_flight, flight.to_state if flight else None)
     current, committed, lease = view.get("current"), view.get("committed"), view.get("lease") or {}
     if committed != result.last_known_good:
         result.disagreements.append(f"device's committed release is {committed}, the store's last-known-good is "
@@ -267,10 +280,18 @@ def reconcile(env: PipelineEnv, store: ArtifactStore, device: str, *, actor: str
 
     history = History(store)
     repaired = publish_missing_finals(env, store, history, device, actor)
-    tag = history.in_flight(device)
-    if tag is None:
+    flight = history.in_flight_record(device)
+    if flight is None:
         return {"device": device, "in_flight": None, "recorded": None, "published": repaired}
+    tag = flight.release_tag
     spec = inventory(env).get(device)
+    if flight.detail.get("rollout_id"):  # a fleet rollout's device: recorded in that rollout's scope
+        from release.rollout_device import reconcile_device
+
+        record = reconcile_device(env, store, tag, spec, str(flight.detail["rollout_id"]), actor=actor,
+                                  ssh_client_factory=ssh_client_factory)
+        return {"device": device, "in_flight": tag, "recorded": record.event if record else None,
+                "state": record.to_state if record else flight.to_state, "rollout_id": flight.detail["rollout_id"]}
     with connected(spec, ssh_client_factory) as transport:
         view = dep.status(transport, spec)
     manifest = ReleaseManifest.from_json(store.get_bytes(tag, "manifest.candidate.json"))

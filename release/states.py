@@ -13,6 +13,14 @@ on every host. The main path:
 Before anything touches a device a failure ends in ``failed``. After activation every failure is
 first undone on the device (rolled back to last-known-good), then recorded as ``failed``; a lease
 that ran out on the device is recorded as ``rolled_back`` once observed.
+
+Fleet rollouts (``release.rollout``) use the same table per device: each device's lifecycle of a
+release within a rollout starts at ``manifest_written`` and is advanced by ``advance_on_device``;
+``advance_for_device`` picks the right scope for on-call. The rollout itself has its own small
+machine (``RolloutState``), advanced by ``advance_rollout``:
+
+    planned → running ⇄ waiting (pause, manual approval) → completed
+            running | waiting → halting (abort criteria tripped) → halted
 """
 
 from __future__ import annotations
@@ -135,7 +143,7 @@ def advance(
     Idempotent for retries: the same event again, right after it was recorded, returns that record
     (an Airflow retry of a step that already finished), and so does a repeated ``idempotency_key``.
     """
-    own = history.for_tag(tag)
+    own = history.release_records(tag)
     if not own:
         raise TransitionError(f"release {tag} has no history: it was never created")
     last = own[-1]
@@ -150,4 +158,133 @@ def advance(
         release_tag=tag, device=device if device is not None else last.device, event=ReleaseEvent(event).value,
         from_state=last.to_state, to_state=new_state.value, release_counter=last.release_counter,
         actor=actor, reason=reason, detail=detail or {}, idempotency_key=idempotency_key,
+    )
+
+
+# -- one device's lifecycle of a release within a fleet rollout --------------------------------
+DEVICE_START = S.MANIFEST_WRITTEN  # a fleet device starts where a canary starts: signed, not yet deployed
+
+
+def device_state(history: History, tag: str, device: str, rollout_id: str, attempt: int | None = None) -> ReleaseState | None:
+    """The state of ``tag`` on ``device`` in ``rollout_id`` (its latest attempt unless one is named)."""
+    own = [r for r in history.device_records(tag, device, rollout_id)
+           if attempt is None or r.detail.get("attempt") == attempt]
+    return ReleaseState(own[-1].to_state) if own else None
+
+
+def advance_on_device(
+    history: History, tag: str, device: str, event: ReleaseEvent, *, rollout_id: str, attempt: int, actor: str,
+    reason: str = "", detail: dict[str, Any] | None = None,
+) -> HistoryRecord:
+    """Apply ``event`` to ``tag`` on ``device`` within one rollout attempt, through the same table as a
+    canary. Idempotent: the key (rollout, device, attempt, event) is written once."""
+    key = f"{rollout_id}:{device}:{attempt}:{ReleaseEvent(event).value}"
+    own = [r for r in history.device_records(tag, device, rollout_id) if r.detail.get("attempt") == attempt]
+    for record in own:
+        if record.idempotency_key == key:
+            return record
+    current = ReleaseState(own[-1].to_state) if own else DEVICE_START
+    new_state = transition(current, event)
+    return history.append(
+        release_tag=tag, device=device, event=ReleaseEvent(event).value, from_state=current.value,
+        to_state=new_state.value, release_counter=history.counter_of(tag), actor=actor, reason=reason,
+        detail={**(detail or {}), "rollout_id": rollout_id, "attempt": attempt}, idempotency_key=key,
+    )
+
+
+def advance_for_device(
+    history: History, tag: str, device: str, event: ReleaseEvent, *, actor: str, reason: str = "",
+    detail: dict[str, Any] | None = None, idempotency_key: str | None = None,
+) -> HistoryRecord:
+    """On-call's change of ``tag`` on ``device``: in the rollout that put it there when a fleet
+    rollout did, otherwise on the release itself (its canary)."""
+    latest = next((r for r in reversed(history.for_device(device)) if r.release_tag == tag), None)
+    rollout_id = latest.detail.get("rollout_id") if latest is not None else None
+    if latest is None or rollout_id is None:
+        return advance(history, tag, event, actor=actor, device=device, reason=reason, detail=detail,
+                       idempotency_key=idempotency_key)
+    return advance_on_device(history, tag, device, event, rollout_id=str(rollout_id),
+                             attempt=int(latest.detail.get("attempt") or 1), actor=actor, reason=reason, detail=detail)
+
+
+def state_on_device(history: History, tag: str, device: str) -> ReleaseState | None:
+    """The state of ``tag`` as far as ``device`` is concerned (its rollout's scope, else the release's)."""
+    latest = next((r for r in reversed(history.for_device(device)) if r.release_tag == tag), None)
+    if latest is not None and latest.detail.get("rollout_id") is not None:
+        return ReleaseState(latest.to_state)
+    return current_state(history, tag)
+
+
+# -- the rollout's own machine -----------------------------------------------------------------
+class RolloutState(StrEnum):
+    PLANNED = "rollout_planned"
+    RUNNING = "rollout_running"
+    WAITING = "rollout_waiting"  # a pause between waves, or a wave waiting for a human's approval
+    HALTING = "rollout_halting"  # abort criteria tripped: touched devices going back to their own last-known-good
+    HALTED = "rollout_halted"
+    COMPLETED = "rollout_completed"
+
+
+class RolloutEvent(StrEnum):
+    PLANNED = "rollout_planned"
+    START = "rollout_start"
+    WAVE_DONE = "rollout_wave_done"
+    WAIT = "rollout_wait"
+    APPROVE = "rollout_approve"
+    CONTINUE = "rollout_continue"
+    ABORT = "rollout_abort"
+    HALTED = "rollout_halted"
+    COMPLETE = "rollout_complete"
+
+
+R, RE = RolloutState, RolloutEvent
+ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
+    (R.PLANNED, RE.START): R.RUNNING,
+    (R.RUNNING, RE.WAVE_DONE): R.RUNNING,
+    (R.RUNNING, RE.WAIT): R.WAITING,
+    (R.RUNNING, RE.APPROVE): R.RUNNING,  # approved ahead of reaching the wave
+    (R.WAITING, RE.APPROVE): R.WAITING,  # recorded; the run continues with CONTINUE
+    (R.WAITING, RE.CONTINUE): R.RUNNING,
+    (R.RUNNING, RE.ABORT): R.HALTING,
+    (R.WAITING, RE.ABORT): R.HALTING,
+    (R.HALTING, RE.HALTED): R.HALTED,
+    (R.RUNNING, RE.COMPLETE): R.COMPLETED,
+}
+ROLLOUT_TERMINAL = frozenset({R.HALTED, R.COMPLETED})
+
+
+def rollout_state(history: History, rollout_id: str) -> RolloutState | None:
+    own = [r for r in history.rollout_records(rollout_id) if r.device is None]
+    return RolloutState(own[-1].to_state) if own else None
+
+
+def advance_rollout(
+    history: History, rollout_id: str, tag: str, event: RolloutEvent, *, actor: str, reason: str = "",
+    detail: dict[str, Any] | None = None, key: str | None = None,
+) -> HistoryRecord:
+    """Apply ``event`` to the rollout through its table and record it; ``key`` (default: the event)
+    makes the record once-only, so a resumed run never records a wave twice."""
+    idempotency_key = f"{rollout_id}:{key or RolloutEvent(event).value}"
+    own = [r for r in history.rollout_records(rollout_id) if r.device is None]
+    for record in own:
+        if record.idempotency_key == idempotency_key:
+            return record
+    if event is RolloutEvent.PLANNED:
+        if own:
+            raise TransitionError(f"rollout {rollout_id} already exists")
+        current, new_state = None, RolloutState.PLANNED
+    else:
+        if not own:
+            raise TransitionError(f"rollout {rollout_id} has no history: it was never planned")
+        current = RolloutState(own[-1].to_state)
+        try:
+            new_state = ROLLOUT_TRANSITIONS[(current, RolloutEvent(event))]
+        except KeyError:
+            allowed = sorted(e.value for (st, e) in ROLLOUT_TRANSITIONS if st == current)
+            raise TransitionError(f"rollout {rollout_id} in state {current.value} cannot take {event!s}; "
+                                  f"allowed: {', '.join(allowed) or 'none'}") from None
+    return history.append(
+        release_tag=tag, device=None, event=RolloutEvent(event).value, from_state=current.value if current else None,
+        to_state=new_state.value, actor=actor, reason=reason, detail={**(detail or {}), "rollout_id": rollout_id},
+        idempotency_key=idempotency_key,
     )
