@@ -45,8 +45,9 @@ STAGES = ("parser", "optimize", "compiler")
 
 
 # -- results ----------------------------------------------------------------------------------
-class CompileResult(BaseModel):
-    """What one compile produced; the manifest's HEF record is built from it."""
+class CompiledHef(BaseModel):
+    """The HEF one compile step produced (compiled, from the cache, or a marked placeholder); the
+    manifest's HEF record is built from it. (release.step_results.CompileResult is the stored step.)"""
 
     model_config = ConfigDict(frozen=True)
 
@@ -73,11 +74,11 @@ class CompileResult(BaseModel):
 
 
 # -- deployability ----------------------------------------------------------------------------
-def assert_deployable(target: CompileResult | Path, *, production: bool) -> None:
+def assert_deployable(target: CompiledHef | Path, *, production: bool) -> None:
     """Refuse a missing/empty/corrupt HEF always, and a placeholder (or a HEF built by the CLI test
     double) for any production target."""
-    result = target if isinstance(target, CompileResult) else None
-    path = target.hef_path if isinstance(target, CompileResult) else Path(target)
+    result = target if isinstance(target, CompiledHef) else None
+    path = target.hef_path if isinstance(target, CompiledHef) else Path(target)
     try:
         kind = check_hef(path)
     except IntegrityError as exc:
@@ -138,7 +139,7 @@ def compile_hef(
     cache_dir: Path | None = None,
     allow_placeholder: bool = False,
     timeout_s: float = 3600.0,
-) -> CompileResult:
+) -> CompiledHef:
     """Compile ``onnx_path`` to ``artifacts_dir/<net>-<tag>.hef`` plus ``hef_sha256sum.txt``.
 
     ``runner=None`` runs ``hailo`` on this host (resolved on PATH); a
@@ -244,10 +245,10 @@ def _result(
     hef_out: Path, sums: Path, net: str, arch: str, versions: DfcVersions, onnx_sha: str, calib_sha: str,
     script_sha: str | None, key: str, *, cached: bool, logs_dir: Path, stages: dict[str, float],
     compiler_image: str | None,
-) -> CompileResult:
+) -> CompiledHef:
     write_sha256sum([hef_out], sums)
     report = logs_dir / "parsing_report.json"
-    return CompileResult(
+    return CompiledHef(
         hef_path=hef_out, sums_path=sums, hef_sha256=sha256_file(hef_out), size=hef_out.stat().st_size,
         hw_arch=arch, net_name=net, dfc_version=versions.dfc, hailort_version=versions.hailort,
         onnx_sha256=onnx_sha, calibration_sha256=calib_sha, model_script_sha256=script_sha,
@@ -259,12 +260,12 @@ def _result(
 
 def _placeholder(
     hef_out: Path, sums: Path, net: str, arch: str, onnx_sha: str, calib_sha: str, script_sha: str | None
-) -> CompileResult:
+) -> CompiledHef:
     meta = {"net": net, "hw_arch": arch, "onnx_sha256": onnx_sha, "calibration_sha256": calib_sha,
             "note": "PLACEHOLDER: no DFC on this machine; NOT a compiled HEF, refused by production deploys"}
     write_placeholder_hef(hef_out, meta)
     write_sha256sum([hef_out], sums)
-    return CompileResult(
+    return CompiledHef(
         hef_path=hef_out, sums_path=sums, hef_sha256=sha256_file(hef_out), size=hef_out.stat().st_size,
         hw_arch=arch, net_name=net, dfc_version=None, hailort_version=None, onnx_sha256=onnx_sha,
         calibration_sha256=calib_sha, model_script_sha256=script_sha, real=False, placeholder=True, cached=False,
