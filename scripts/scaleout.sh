@@ -68,13 +68,20 @@ pg_bin() {
 # Field 22 of /proc/PID/stat; the command name before it may hold spaces (setproctitle), so cut
 # after its closing parenthesis first.
 start_time() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+# A dead process whose parent never reaps it (PID 1 in many containers does not) stays a zombie
+# with its pid and start time: it is not running.
+proc_state() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}'; }
 
 is_ours() {
     local pid want
     [ -f "$STATE/run/$1.pid" ] || return 1
     read -r pid want <"$STATE/run/$1.pid"
-    [ -n "$pid" ] && [ "$(start_time "$pid")" = "$want" ]
+    [ -n "$pid" ] && [ "$(start_time "$pid")" = "$want" ] && [ "$(proc_state "$pid")" != Z ]
 }
+
+# The live processes of session $1. Each component is a session of its own (spawn), and the
+# session is what stop ends: an Airflow task runs in its own process group inside the worker's.
+session_pids() { { ps -o pid=,stat= --sid "$1" 2>/dev/null || true; } | awk '$2 !~ /^Z/ {print $1}'; }
 
 spawn() { # spawn NAME CMD... (environment: the caller's exports)
     local name="$1" pid
@@ -82,25 +89,33 @@ spawn() { # spawn NAME CMD... (environment: the caller's exports)
     if is_ours "$name"; then
         return 0
     fi
+    # Where this start's output begins in the (appended) log: a restarted component's readiness
+    # is read from there on, never from the line an earlier, killed one left.
+    stat -c %s "$STATE/logs/$name.log" 2>/dev/null >"$STATE/run/$name.logpos" || echo 0 >"$STATE/run/$name.logpos"
     setsid "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
     pid=$!
     printf '%s %s\n' "$pid" "$(start_time "$pid")" >"$STATE/run/$name.pid"
 }
 
-stop_one() { # SIGTERM (SIGINT for postgres: fast shutdown) to the session, SIGKILL after a grace period
-    local name="$1" sig="${2:-TERM}" pid want
+stop_one() { # SIGTERM (SIGINT for postgres: fast shutdown) to the session leader's group, SIGKILL
+    # to whatever of the session is left after a grace period
+    local name="$1" sig="${2:-TERM}" pid want left
     [ -f "$STATE/run/$name.pid" ] || return 0
     read -r pid want <"$STATE/run/$name.pid"
     if is_ours "$name"; then
         log "stopping $name (session $pid)"
         kill "-$sig" -- "-$pid" 2>/dev/null || true
         for _ in $(seq 1 60); do
-            kill -0 -- "-$pid" 2>/dev/null || break
+            [ -n "$(session_pids "$pid")" ] || break
             sleep 0.5
         done
-        kill -KILL -- "-$pid" 2>/dev/null || true
+        left="$(session_pids "$pid")"
+        if [ -n "$left" ]; then
+            # shellcheck disable=SC2086  # one pid per word
+            kill -KILL $left 2>/dev/null || true
+        fi
     fi
-    rm -f "$STATE/run/$name.pid"
+    rm -f "$STATE/run/$name.pid" "$STATE/run/$name.logpos"
 }
 
 wait_for() { # wait_for WHAT CMD...
@@ -188,6 +203,11 @@ export_airflow_env() {
     # A task's supervisor notices its process has exited on the next select() timeout, at most this
     # many seconds later (default 5: the ~5 s gap between tasks on a concurrency-1 worker).
     export AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL="${AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL:-1}"
+    # A task whose worker died (SIGKILL, power cut) is failed by the scheduler after this long
+    # without a heartbeat (its supervisor heartbeats every min_heartbeat_interval, 1 s here), and
+    # its run goes on to ensure_safe. Airflow's default, 300 s; the test stack sets 30 s.
+    export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="${AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT:-300}"
+    export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="${AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL:-10}"
     export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
     export PYTHONPATH="$REPO_ROOT/plugins:$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
     export PATH="$VENV/bin:$PATH"
@@ -302,7 +322,11 @@ sys.exit(1 if bad else 0)
 EOF
 }
 
-worker_ready() { grep -q "ready\." "$STATE/logs/worker-$1.log"; }
+worker_ready() {
+    local from
+    from="$(cat "$STATE/run/worker-$1.logpos" 2>/dev/null || echo 0)"
+    tail -c "+$((from + 1))" "$STATE/logs/worker-$1.log" | grep -q "ready\."
+}
 
 write_stack_json() {
     "$PY" - "$STATE/stack.json" "$API_PORT" "$ADMIN_USER" "$SECRETS/admin_password" "$STATE" "$(hostname -s)" "$HAILO_SIGNING_PUB" \

@@ -63,3 +63,22 @@ def test_bad_settings_refused(tmp_path):
     assert res.returncode == 1 and "fab or simple" in res.stderr
     assert _script(tmp_path, "bogus").returncode == 2
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_a_zombie_is_not_running(tmp_path):
+    """A component killed while nobody reaps it (PID 1 of many containers does not) keeps its pid
+    and start time as a zombie: status must call it stopped, so that start restarts it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = _sleeper()
+    try:
+        (run / "worker-edge.pid").write_text(f"{dead.pid} {_start_time(dead.pid)}\n")
+        assert "worker-edge            running" in _script(tmp_path, "status").stdout
+        os.kill(dead.pid, signal.SIGKILL)
+        while Path(f"/proc/{dead.pid}/stat").read_text().rsplit(") ", 1)[1].split()[0] != "Z":
+            pass  # not reaped: this process is its parent and does not wait() yet
+        status = _script(tmp_path, "status")
+        assert status.returncode == 3 and "worker-edge            stopped" in status.stdout, status.stdout
+    finally:
+        dead.kill()
+        dead.wait()
