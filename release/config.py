@@ -1,57 +1,68 @@
-"""One typed settings object, read from the environment.
+"""The one settings object: every ``HAILO_*`` variable the library reads, read here and nowhere else.
 
-Values come from environment variables (``CONFIG_VERSION``, ``NUM_MOTIFS``, ``HEF_PATH``,
-``INFER_MODE``, ``HAILO_*``); defaults are the embedded defaults of the demo. Invalid values
-raise :class:`~release.errors.ConfigError` naming the variable and what is allowed.
+Values come from the environment; defaults are the embedded defaults of the demo, so a fresh
+clone runs with no configuration. An empty variable counts as unset. Invalid values raise
+:class:`~release.errors.ConfigError` naming the variable and what is allowed. Where a run keeps
+its things (paths resolved, tools found) is derived from this in release.pipeline_env.
+
+Not here, on purpose: ``COSIGN_PASSWORD`` (cosign's own variable, read once by release.keys when a
+key needs it, never stored), the fault-injection switches of release.faults and the device agent
+(``HAILO_FAULT_*``, ``HAILO_AGENT_CRASH_AT``: test-only, read at the fault point), the progress
+file a parent process hands its child (release.progress), the GitHub/Airflow CLI defaults
+(``GITHUB_*``, ``AIRFLOW_*``), and the sidecar, which imports nothing from release/ and has its
+own settings (sidecar/hailo_sidecar/config.py).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from release.errors import ConfigError
+from release.identifiers import HwArch
+from release.validated import ChannelStr
 
-InferMode = Literal["stub", "onnx", "hailo", "auto"]
-HwArch = Literal["hailo8", "hailo8l", "hailo8r"]
-_CONFIG_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+def _var(name: str, default: Any = None, **constraints: Any) -> Any:
+    return Field(default, validation_alias=name, **constraints)
 
 
 class Settings(BaseSettings):
-    """Process-wide settings. Field names map to the environment variable in ``validation_alias``."""
+    """Process-wide settings. Each field reads the variable named in its ``validation_alias``;
+    the field name works too (``load_settings(work_root=...)``)."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True, env_ignore_empty=True)
 
-    config_version: str = Field(
-        "cfg-2026.11.0", validation_alias=AliasChoices("CONFIG_VERSION", "config_version")
-    )
-    num_motifs: int = Field(12, ge=1, le=1024, validation_alias=AliasChoices("NUM_MOTIFS", "num_motifs"))
-    hef_path: Path = Field(
-        Path("/models/model.hef"), validation_alias=AliasChoices("HEF_PATH", "hef_path")
-    )
-    infer_mode: InferMode = Field("auto", validation_alias=AliasChoices("INFER_MODE", "infer_mode"))
-    hw_arch: HwArch = Field("hailo8", validation_alias=AliasChoices("HAILO_HW_ARCH", "hw_arch"))
-    artifact_root: Path = Field(
-        Path("artifacts/store"), validation_alias=AliasChoices("HAILO_ARTIFACT_ROOT", "artifact_root")
-    )
-    work_root: Path = Field(Path("artifacts/work"), validation_alias=AliasChoices("HAILO_WORK_ROOT", "work_root"))
-    channel: str = Field("stable", pattern=r"^[a-z][a-z0-9-]{0,31}$", validation_alias=AliasChoices("HAILO_CHANNEL", "channel"))
-    window_length: int = Field(100, ge=1, validation_alias=AliasChoices("HAILO_WINDOW_LENGTH", "window_length"))
-    window_channels: int = Field(9, ge=1, validation_alias=AliasChoices("HAILO_WINDOW_CHANNELS", "window_channels"))
-    opset_min: int = Field(8, ge=1, validation_alias=AliasChoices("HAILO_OPSET_MIN", "opset_min"))
-    opset_max: int = Field(17, ge=1, validation_alias=AliasChoices("HAILO_OPSET_MAX", "opset_max"))
-    production: bool = Field(False, validation_alias=AliasChoices("HAILO_PRODUCTION", "production"))
-
-    @field_validator("config_version")
-    @classmethod
-    def _config_version_grammar(cls, v: str) -> str:
-        if not _CONFIG_VERSION_RE.fullmatch(v):
-            raise ValueError("must be 1-64 characters of [A-Za-z0-9_.-] starting with a letter or digit")
-        return v
+    # Where things live (relative paths are taken from the working directory).
+    pipeline_root: Path = _var("HAILO_PIPELINE_ROOT", Path("artifacts"))
+    artifact_root: Path | None = _var("HAILO_ARTIFACT_ROOT")  # default <pipeline_root>/store
+    artifact_store: str | None = _var("HAILO_ARTIFACT_STORE")  # gs://BUCKET: the store is in GCS
+    work_root: Path | None = _var("HAILO_WORK_ROOT")  # default <pipeline_root>/work
+    keys_dir: Path | None = _var("HAILO_KEYS_DIR")  # default <pipeline_root>/keys (the dev key)
+    devices_file: Path | None = _var("HAILO_DEVICES_FILE")
+    local_sidecar_port: int = _var("HAILO_LOCAL_SIDECAR_PORT", 9000, ge=1, le=65535)
+    # Signing and verifying.
+    signing_key: Path | None = _var("HAILO_SIGNING_KEY")
+    signing_pub: Path | None = _var("HAILO_SIGNING_PUB")
+    image_identity_policy: str | None = _var("HAILO_IMAGE_IDENTITY_POLICY")  # checked by oci_signing.identity_policy
+    # Building.
+    registry: str | None = _var("HAILO_REGISTRY")
+    image_repository: str = _var("HAILO_IMAGE_REPOSITORY", "hailo-runtime")
+    compiler_image: str | None = _var("HAILO_COMPILER_IMAGE")
+    dfc_bin: str | None = _var("HAILO_DFC_BIN")
+    docker_bin: str | None = _var("HAILO_DOCKER_BIN")
+    hailort_wheel: Path | None = _var("HAILO_HAILORT_WHEEL")
+    hw_arch: HwArch = _var("HAILO_HW_ARCH", "hailo8")
+    channel: ChannelStr = _var("HAILO_CHANNEL", "stable")
+    # The model's contract, checked when an ONNX model is validated.
+    num_motifs: int = _var("NUM_MOTIFS", 12, ge=1, le=1024)
+    window_length: int = _var("HAILO_WINDOW_LENGTH", 100, ge=1)
+    window_channels: int = _var("HAILO_WINDOW_CHANNELS", 9, ge=1)
+    opset_min: int = _var("HAILO_OPSET_MIN", 8, ge=1)
+    opset_max: int = _var("HAILO_OPSET_MAX", 17, ge=1)
 
     @property
     def window_shape(self) -> tuple[int, int]:
@@ -62,10 +73,7 @@ class Settings(BaseSettings):
         return (self.opset_min, self.opset_max)
 
 
-_ENV_NAMES = {
-    name: (field.validation_alias.choices[0] if isinstance(field.validation_alias, AliasChoices) else name)
-    for name, field in Settings.model_fields.items()
-}
+ENV_NAMES: dict[str, str] = {name: str(field.validation_alias) for name, field in Settings.model_fields.items()}
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -76,7 +84,7 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
-            env = _ENV_NAMES.get(field, field)
+            env = ENV_NAMES.get(field, field)
             problems.append(f"{env}={err.get('input')!r}: {err['msg']}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
     if settings.opset_min > settings.opset_max:

@@ -19,8 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from release.errors import InvalidInput, StepFailed
+from release.identifiers import HW_ARCHES
 
-HW_ARCHS = ("hailo8", "hailo8l", "hailo8r")
 _NET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 # No leading "-": a node name must never be read as a flag by the CLI.
 _NODE_NAME = re.compile(r"^[A-Za-z0-9_./:][A-Za-z0-9_./:-]{0,127}$")
@@ -37,8 +37,8 @@ def check_net_name(name: str) -> str:
 
 
 def check_hw_arch(arch: str) -> str:
-    if arch not in HW_ARCHS:
-        raise InvalidInput(f"hw_arch {arch!r} is not a Hailo-8 family target; expected one of {', '.join(HW_ARCHS)}")
+    if arch not in HW_ARCHES:
+        raise InvalidInput(f"hw_arch {arch!r} is not a Hailo-8 family target; expected one of {', '.join(HW_ARCHES)}")
     return arch
 
 

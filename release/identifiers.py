@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 from release.errors import InvalidIdentifier
 
@@ -29,10 +29,27 @@ RUN_ID_MAX_LEN = CONTINUITY_ID_MAX_LEN + len("__") + RUN_SUFFIX_MAX_LEN  # 166
 TAG_MAX_LEN = 128  # OCI tag limit
 FIND_IN_MAX_TEXT = 4096  # a PR title is at most 256 characters; refuse novels before searching them
 
-# Pattern bodies (no anchors) shared by the Python checks and the emitted JSON schemas.
+# Pattern bodies (no anchors): the only place each grammar is written. The Python checks below,
+# the pydantic types of release.validated and every JSON schema (manifest, request, DAG params)
+# are built from these. The device agent (release/device_checks.py, standard library only) keeps
+# a copy of TAG_BODY and RESERVED_TAGS; tests/release/test_schemas.py fails if the copy drifts.
 TAG_BODY = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 DEVICE_BODY = r"[a-z0-9][a-z0-9-]{0,62}"
 CONTINUITY_BODY = r"ADR-[0-9]{4}-[a-z0-9]+(?:-[a-z0-9]+)*-[0-9]{4}-[0-9]{2}-[0-9]{2}"
+CONFIG_VERSION_BODY = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+CHANNEL_BODY = r"[a-z][a-z0-9-]{0,31}"
+# 'sample' (the built-in model), an absolute .onnx path, or gs://BUCKET/PATH.onnx; '..' is refused
+# separately (ONNX_LOCATION_FORBIDDEN), since a regex body cannot say "nowhere in the string" simply.
+ONNX_LOCATION_BODY = r"sample|gs://[a-z0-9][a-z0-9._-]{1,220}/[A-Za-z0-9_./-]+\.onnx|/[A-Za-z0-9_./-]+\.onnx"
+ONNX_LOCATION_FORBIDDEN = ".."
+SAMPLE_MODEL = "sample"
+# Names the store and the device agent use for pointers: never a release tag. The device agent
+# refuses all five; ReleaseTag refused only the first three before, so a tag "committed" passed
+# here and failed on the device.
+RESERVED_TAGS = frozenset({"current", "previous", "latest", "committed", "last-known-good"})
+ROLLBACK_PREVIOUS = "previous"  # the rollback target meaning "the committed release before last-known-good"
+HwArch = Literal["hailo8", "hailo8l", "hailo8r"]
+HW_ARCHES: tuple[str, ...] = get_args(HwArch)
 
 # Release tags also become OCI tags (max 128 chars, [A-Za-z0-9_.-], not starting with . or -).
 _TAG_RE = re.compile(TAG_BODY, re.ASCII)
@@ -100,7 +117,7 @@ class ReleaseTag:
             raise InvalidIdentifier(f"release tag {v!r} contains '..'")
         if not _TAG_RE.fullmatch(v):
             raise InvalidIdentifier(f"release tag {v!r} must start with a letter or digit")
-        if v in {"current", "previous", "latest"}:
+        if v in RESERVED_TAGS:
             raise InvalidIdentifier(f"release tag {v!r} is a reserved pointer name")
 
     def __str__(self) -> str:

@@ -18,9 +18,9 @@ import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from release.errors import ManifestError
-from release.identifiers import anchor_schema_patterns
+from release.identifiers import HwArch, anchor_schema_patterns
 from release.states import ReleaseState
-from release.validated import ContinuityIdStr, DeviceStr, TagStr
+from release.validated import ChannelStr, ConfigVersionStr, ContinuityIdStr, DeviceStr, TagStr
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
@@ -54,7 +54,7 @@ class HefArtifact(_Frozen):
     uri: str = Field(min_length=1)
     hef_sha256: Sha256Hex
     size: int = Field(ge=1)
-    hw_arch: Literal["hailo8", "hailo8l", "hailo8r"]
+    hw_arch: HwArch
     dfc_version: str | None
     hailort_version: str | None
     calibration_sha256: Sha256Hex | None
@@ -129,10 +129,10 @@ class ReleaseManifest(_Frozen):
     schema_version: Literal[1] = 1
     release_tag: TagStr
     release_counter: int = Field(ge=1)
-    channel: str = "stable"
+    channel: ChannelStr = "stable"
     device: DeviceStr | None = None
     continuity_id: ContinuityIdStr
-    config_version: str = Field(min_length=1)
+    config_version: ConfigVersionStr
     git_commit: str = Field(pattern=r"^([0-9a-f]{40}|unknown)$")
     created_at: dt.datetime
     onnx: OnnxArtifact

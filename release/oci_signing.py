@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -60,11 +58,6 @@ def identity_policy(value: str | None) -> IdentityPolicy:
     if value not in IDENTITY_POLICIES:
         raise InvalidInput(f"image identity policy {value!r} is not one of {', '.join(IDENTITY_POLICIES)}")
     return value
-
-
-def identity_policy_from_env(environ: Mapping[str, str] | None = None) -> IdentityPolicy:
-    env = os.environ if environ is None else environ
-    return identity_policy(env.get(IDENTITY_POLICY_ENV))
 
 
 def repository_name(reference: str) -> str | None:

@@ -1,23 +1,22 @@
-"""Where a release run keeps its things: artifact store, work dirs, keys, registry, devices.
+"""Where a release run keeps its things: artifact store, work dirs, keys, registry, devices, tools.
 
-Built once per task from the environment (``PipelineEnv.from_env()``); every field has an
-embedded default so the demo runs on a fresh machine with no configuration at all.
+Built once per task from the one settings object (``PipelineEnv.from_env()`` = ``from_settings(
+load_settings())``): paths resolved, unset ones placed under the pipeline root, tools looked up on
+PATH. It reads no environment variable itself. Every field has an embedded default so the demo
+runs on a fresh machine with no configuration at all; tests build one directly.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from release.identifiers import ReleaseTag
+from release.config import Settings, load_settings
+from release.identifiers import HwArch, ReleaseTag
 
-
-def _env_path(name: str, default: Path) -> Path:
-    value = os.environ.get(name)
-    return Path(value).resolve() if value else default.resolve()
+_DOCKER_DEFAULT = Path("/usr/bin/docker")
 
 
 class PipelineEnv(BaseModel):
@@ -28,33 +27,43 @@ class PipelineEnv(BaseModel):
     work_root: Path
     keys_dir: Path
     devices_file: Path | None
+    artifact_store: str | None = Field(None, description="HAILO_ARTIFACT_STORE: gs://BUCKET, None = store_root")
     registry: str | None = Field(description="host:port of the OCI registry to push to, None = no registry")
     image_repository: str = "hailo-runtime"
     compiler_image: str | None = Field(None, description="HAILO_COMPILER_IMAGE: run the DFC in this image")
     hailo_bin: str | None = Field(description="path of the `hailo` DFC CLI when installed")
     docker_bin: str | None = None
     hailort_wheel: Path | None = Field(None, description="HailoRT's Pi wheel to install in the runtime image")
-    hw_arch: str = "hailo8"
+    hw_arch: HwArch = "hailo8"
+    signing_key: Path | None = Field(None, description="HAILO_SIGNING_KEY; None: the dev key in keys_dir")
+    signing_pub: Path | None = Field(None, description="HAILO_SIGNING_PUB; None: found beside the signing key")
+    local_sidecar_port: int = Field(9000, description="port of the `local` device's sidecar")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> PipelineEnv:
+        root = s.pipeline_root.resolve()
+        return cls(
+            root=root,
+            store_root=(s.artifact_root or root / "store").resolve(),
+            work_root=(s.work_root or root / "work").resolve(),
+            keys_dir=(s.keys_dir or root / "keys").resolve(),
+            devices_file=s.devices_file.resolve() if s.devices_file else None,
+            artifact_store=s.artifact_store,
+            registry=s.registry,
+            image_repository=s.image_repository,
+            compiler_image=s.compiler_image,
+            hailo_bin=s.dfc_bin or shutil.which("hailo"),
+            docker_bin=s.docker_bin or (str(_DOCKER_DEFAULT) if _DOCKER_DEFAULT.exists() else None),
+            hailort_wheel=s.hailort_wheel.resolve() if s.hailort_wheel else None,
+            hw_arch=s.hw_arch,
+            signing_key=s.signing_key,
+            signing_pub=s.signing_pub,
+            local_sidecar_port=s.local_sidecar_port,
+        )
 
     @classmethod
     def from_env(cls) -> PipelineEnv:
-        root = _env_path("HAILO_PIPELINE_ROOT", Path.cwd() / "artifacts")
-        devices = os.environ.get("HAILO_DEVICES_FILE")
-        docker = os.environ.get("HAILO_DOCKER_BIN") or ("/usr/bin/docker" if Path("/usr/bin/docker").exists() else None)
-        return cls(
-            root=root,
-            store_root=_env_path("HAILO_ARTIFACT_ROOT", root / "store"),
-            work_root=_env_path("HAILO_WORK_ROOT", root / "work"),
-            keys_dir=_env_path("HAILO_KEYS_DIR", root / "keys"),
-            devices_file=Path(devices).resolve() if devices else None,
-            registry=os.environ.get("HAILO_REGISTRY") or None,
-            image_repository=os.environ.get("HAILO_IMAGE_REPOSITORY", "hailo-runtime"),
-            compiler_image=os.environ.get("HAILO_COMPILER_IMAGE") or None,
-            hailo_bin=os.environ.get("HAILO_DFC_BIN") or shutil.which("hailo"),
-            docker_bin=docker,
-            hailort_wheel=Path(wheel).resolve() if (wheel := os.environ.get("HAILO_HAILORT_WHEEL")) else None,
-            hw_arch=os.environ.get("HAILO_HW_ARCH", "hailo8"),
-        )
+        return cls.from_settings(load_settings())
 
     def work_dir(self, tag: str, step: str) -> Path:
         path = self.work_root / ReleaseTag(tag).value / step

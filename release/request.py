@@ -1,103 +1,107 @@
-"""What a release run is asked to do: the typed form of the DAG's params / the CLI's flags.
+"""What a run is asked to do: the typed form of the DAGs' params and the CLI's flags.
 
-The Airflow DAG validates params with JSON schema before anything runs (a bad trigger is a
-400 from the API); this model validates the same values again on the worker, with the
-library's own grammars, because a params schema is no substitute for the tag grammar that
-guards paths, image references and remote commands.
+The Airflow DAGs validate params with JSON schema before anything runs (a bad trigger is a 400
+from the API); these models validate the same values again on the worker, with the library's own
+grammars, because a params schema is no substitute for the tag grammar that guards paths, image
+references and remote commands. Both come from here: the DAG params and the committed
+``release/data/*-request.schema.json`` are generated from these models (release.schemas), whose
+field types carry the grammars of release.identifiers and the gate bounds of release.gate_settings.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from release.errors import InvalidInput
-from release.identifiers import CONTINUITY_BODY, CONTINUITY_ID_MAX_LEN, DEVICE_BODY, TAG_BODY, json_schema_pattern
-from release.validated import ContinuityIdStr, DeviceStr, TagStr
+from release.gate_settings import GateOverrides, override_json_schema
+from release.identifiers import ROLLBACK_PREVIOUS, SAMPLE_MODEL
+from release.validated import (
+    ConfigVersionStr,
+    ContinuityIdStr,
+    DeviceStr,
+    OnnxLocationStr,
+    RollbackTargetStr,
+    TagStr,
+)
 
-# Gate overrides a trigger may set, with the bounds that keep them safe: limits may only be
-# tightened relative to the product targets (p95 < 50 ms, >= 20 windows/s).
-GATE_OVERRIDE_BOUNDS: dict[str, tuple[float, float]] = {
-    "p95_ms": (1.0, 50.0),
-    "min_windows_per_s": (20.0, 1000.0),
-    "max_error_rate": (0.0, 0.05),
-    "duration_s": (5.0, 600.0),
-    "rate_windows_per_s": (1.0, 1000.0),
-    "lease_margin_s": (5.0, 3600.0),
-    "hold_lease_s": (60.0, 7 * 86400.0),
-}
-SAMPLE_MODEL = "sample"
-_ONNX_LOCATION = re.compile(r"^(sample|gs://[a-z0-9][a-z0-9._-]{1,220}/[A-Za-z0-9_./-]+\.onnx|/[A-Za-z0-9_./-]+\.onnx)$")
+__all__ = ["SAMPLE_MODEL", "HeldDecisionRequest", "ReleaseRequest", "RollbackRequest"]
+
+REASON_MAX_LEN = 500
 
 
-class ReleaseRequest(BaseModel):
+def _derived_override_bounds() -> dict[str, tuple[float, float]]:
+    props = override_json_schema()["properties"]
+    return {
+        key: (float(p.get("minimum", p.get("exclusiveMinimum", 0.0))), float(p.get("maximum", p.get("exclusiveMaximum", 0.0))))
+        for key, p in props.items()
+    }
+
+
+# (low, high) per override, read from GateSettings (never typed here). Exclusive bounds appear as
+# inclusive; settings_with_overrides applies the exact ones. Kept for release.rollout_plan.
+GATE_OVERRIDE_BOUNDS: dict[str, tuple[float, float]] = _derived_override_bounds()
+
+
+class _Request(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    continuity_id: ContinuityIdStr
-    release_tag: TagStr
-    onnx_location: str = SAMPLE_MODEL
-    config_version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    device: DeviceStr = "local"
-    gate_overrides: dict[str, float] = Field(default_factory=dict)
-    production: bool = False
-    triggered_by: str = Field("unknown", max_length=200)
-
-    @field_validator("onnx_location")
-    @classmethod
-    def _onnx(cls, v: str) -> str:
-        if not _ONNX_LOCATION.fullmatch(v) or ".." in v:
-            raise ValueError(
-                "must be 'sample', an absolute path to a .onnx file, or gs://BUCKET/PATH.onnx "
-                "(no '..', no spaces or shell metacharacters)"
-            )
-        return v
-
-    @field_validator("gate_overrides")
-    @classmethod
-    def _gate(cls, v: dict[str, float]) -> dict[str, float]:
-        for key, value in v.items():
-            if key not in GATE_OVERRIDE_BOUNDS:
-                raise ValueError(f"unknown gate override {key!r}; allowed: {sorted(GATE_OVERRIDE_BOUNDS)}")
-            lo, hi = GATE_OVERRIDE_BOUNDS[key]
-            if not lo <= float(value) <= hi:
-                raise ValueError(f"gate override {key}={value} is outside the safe range [{lo}, {hi}]")
-        return v
+    what: ClassVar[str] = "request"
 
     @classmethod
-    def parse(cls, raw: dict[str, Any]) -> ReleaseRequest:
+    def parse(cls, raw: dict[str, Any]) -> Self:
+        """Validate ``raw``; any problem is one InvalidInput naming every bad field."""
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
             problems = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
-            raise InvalidInput("invalid release request: " + "; ".join(problems)) from None
+            raise InvalidInput(f"invalid {cls.what}: " + "; ".join(problems)) from None
 
 
-def params_json_schema() -> dict[str, Any]:
-    """JSON-schema fragments for the DAG's Params, derived from the same grammars.
+class ReleaseRequest(_Request):
+    """A canary release: the hailo_canary_release DAG's params, `hailo-release run`'s flags."""
 
-    Every pattern has \\A…\\z semantics (see identifiers.json_schema_pattern): Airflow validates
-    Params with `jsonschema`, whose `^…$` would otherwise accept a trailing newline.
-    """
-    return {
-        "continuity_id": {
-            "type": "string",
-            "pattern": json_schema_pattern(CONTINUITY_BODY),
-            "maxLength": CONTINUITY_ID_MAX_LEN,
-            "description": "e.g. ADR-0007-hailo-docker-2025-08-31",
-        },
-        "release_tag": {
-            "type": "string",
-            "pattern": json_schema_pattern(TAG_BODY),
-            "not": {"pattern": r"\.\."},
-        },
-        "onnx_location": {"type": "string", "pattern": json_schema_pattern(_ONNX_LOCATION.pattern[1:-1])},
-        "config_version": {"type": "string", "pattern": json_schema_pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")},
-        "device": {"type": "string", "pattern": json_schema_pattern(DEVICE_BODY)},
-        "gate_overrides": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {k: {"type": "number", "minimum": lo, "maximum": hi} for k, (lo, hi) in GATE_OVERRIDE_BOUNDS.items()},
-        },
-    }
+    what: ClassVar[str] = "release request"
+
+    continuity_id: ContinuityIdStr = Field(description="e.g. ADR-0007-hailo-docker-2025-08-31")
+    release_tag: TagStr = Field(description="release tag: [A-Za-z0-9][A-Za-z0-9_.-]*, no '..'; also the OCI tag")
+    onnx_location: OnnxLocationStr = Field(
+        SAMPLE_MODEL, description="'sample' (the built-in TCN encoder), an absolute .onnx path, or gs://BUCKET/PATH.onnx"
+    )
+    config_version: ConfigVersionStr
+    device: DeviceStr = Field("local", description="target device from the device inventory")
+    gate_overrides: GateOverrides = Field(
+        default_factory=dict, description="tighten gate limits: p95_ms <= 50, min_windows_per_s >= 20, ..."
+    )
+    production: bool = Field(False, description="production target: refuse placeholders")
+    triggered_by: str = Field("unknown", max_length=200)
+
+
+class RollbackRequest(_Request):
+    """An on-call rollback: the hailo_rollback DAG's params, `hailo-release rollback`'s flags."""
+
+    what: ClassVar[str] = "rollback request"
+
+    device: DeviceStr = "local"
+    to: RollbackTargetStr = Field(
+        ROLLBACK_PREVIOUS,
+        description="release tag to roll back to, or 'previous' (the committed release before the device's "
+                    "last-known-good, from the store's history)",
+    )
+    reason: str = Field("on-call rollback", max_length=REASON_MAX_LEN)
+
+
+class HeldDecisionRequest(_Request):
+    """A release manager's answer to a held canary: the hailo_release_decision DAG's params."""
+
+    what: ClassVar[str] = "decision request"
+
+    device: DeviceStr = "local"
+    release_tag: TagStr = Field(description="the held release tag")
+    decision: Literal["approve", "reject"] = Field(
+        description="approve promotes the held canary; reject rolls the device back"
+    )
+    reason: str = Field(
+        min_length=1, max_length=REASON_MAX_LEN, description="recorded in the history and the decision manifest"
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +14,7 @@ from release.pipeline_env import PipelineEnv
 
 def local_device(env: PipelineEnv) -> DeviceSpec:
     """This machine as the `local` device: agent under artifacts/device/local, sidecar as a process."""
-    port = int(os.environ.get("HAILO_LOCAL_SIDECAR_PORT", "9000"))
+    port = env.local_sidecar_port
     root = env.root / "device" / "local"
     url = f"http://127.0.0.1:{port}"
     sidecar = [sys.executable, "-m", "release.local_sidecar"]

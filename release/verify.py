@@ -10,17 +10,17 @@ put on a device; nothing that fails is ever deployed, restored or countersigned.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from release.checksums import write_sha256sum
+from release.config import load_settings
 from release.errors import StepFailed
 from release.keys import default_public_path, generate_dev_keypair, load_private_key, load_public_key
 from release.manifest import ReleaseManifest
 from release.manifest_signing import sign_bytes, verify_bytes
-from release.oci_signing import IdentityPolicy, identity_policy_from_env
+from release.oci_signing import IdentityPolicy, identity_policy
 from release.pipeline_env import PipelineEnv
 from release.store import MANIFEST_NAME, ArtifactStore
 
@@ -32,9 +32,8 @@ BUNDLE_SIG = "bundle.sig"
 
 def signing_key(env: PipelineEnv, production: bool) -> tuple[Path, Path]:
     """(private, public) release signing key: HAILO_SIGNING_KEY, or the dev key outside production."""
-    configured = os.environ.get("HAILO_SIGNING_KEY")
-    if configured:
-        return Path(configured), Path(os.environ.get("HAILO_SIGNING_PUB") or default_public_path(Path(configured)))
+    if env.signing_key is not None:
+        return env.signing_key, env.signing_pub or default_public_path(env.signing_key)
     if production:
         raise StepFailed("HAILO_SIGNING_KEY is not set: production releases are never signed with a generated dev key")
     return generate_dev_keypair(env.keys_dir)
@@ -83,7 +82,7 @@ class VerifyPolicy:
     public_key: Path
     published: bool = False
     check_image: bool = True
-    identity: IdentityPolicy = field(default_factory=identity_policy_from_env)  # HAILO_IMAGE_IDENTITY_POLICY
+    identity: IdentityPolicy = field(default_factory=lambda: identity_policy(load_settings().image_identity_policy))
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,9 @@ def main() -> int:
     from release.pipeline_env import PipelineEnv
 
     try:
-        kid = check(PipelineEnv.from_env().store_root, os.environ.get("HAILO_SIGNING_KEY"),
-                    os.environ.get("HAILO_SIGNING_PUB"))
+        env = PipelineEnv.from_env()
+        kid = check(env.store_root, str(env.signing_key) if env.signing_key else None,
+                    str(env.signing_pub) if env.signing_pub else None)
     except Exception as exc:
         print(f"keycheck: {exc}", file=sys.stderr)
         return 1

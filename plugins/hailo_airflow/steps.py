@@ -135,18 +135,24 @@ def _on_device(params: Mapping[str, Any], call: Callable[..., dict[str, Any]], *
 
 
 def run_device_rollback(context: Mapping[str, Any]) -> dict[str, Any]:
-    """Body of hailo_rollback: the same function the on-call CLI calls."""
+    """Body of hailo_rollback: the same function the on-call CLI calls. The params are validated
+    again by the model their JSON schema came from."""
     from release.operations import rollback_device
+    from release.request import RollbackRequest
 
     params, run_id = _params_and_run_id(context)
-    return _on_device(params, rollback_device, to=str(params.get("to", "previous")),
-                      reason=str(params.get("reason", "on-call rollback")), triggered_by=f"airflow:{run_id}")
+    with release_errors_as_airflow_failures():
+        req = RollbackRequest.parse(params)
+    return _on_device(req.model_dump(), rollback_device, to=req.to, reason=req.reason, triggered_by=f"airflow:{run_id}")
 
 
 def run_held_decision(context: Mapping[str, Any]) -> dict[str, Any]:
     """Body of hailo_release_decision: the same function as `hailo-release decide`."""
     from release.operations import decide_held
+    from release.request import HeldDecisionRequest
 
     params, run_id = _params_and_run_id(context)
-    return _on_device(params, decide_held, tag=str(params["release_tag"]), decision=params["decision"],
-                      reason=str(params["reason"]), decided_by=f"airflow:{run_id}")
+    with release_errors_as_airflow_failures():
+        req = HeldDecisionRequest.parse(params)
+    return _on_device(req.model_dump(), decide_held, tag=req.release_tag, decision=req.decision, reason=req.reason,
+                      decided_by=f"airflow:{run_id}")

@@ -61,7 +61,9 @@ def test_cosign_key_as_hailo_signing_key_signs_manifests_the_device_verifies(tmp
     monkeypatch.setenv("HAILO_SIGNING_KEY", str(key))
     monkeypatch.delenv("HAILO_SIGNING_PUB", raising=False)
     monkeypatch.setenv("COSIGN_PASSWORD", "hello")
-    priv, pub = signing_key(None, production=True)  # env unused when the key is set
+    from release.pipeline_env import PipelineEnv
+
+    priv, pub = signing_key(PipelineEnv.from_env(), production=True)
     assert (priv, pub) == (key, tmp_path / "cosign.pub")
     assert key_id(load_public_key(pub)) == key_id(load_private_key(priv).public_key())
     data = manifest_factory().canonical_json()
@@ -73,7 +75,7 @@ def test_cosign_key_as_hailo_signing_key_signs_manifests_the_device_verifies(tmp
     assert res.returncode == 0 and "Verified OK" in res.stdout
     # An explicit HAILO_SIGNING_PUB wins; <key>.pub is the default otherwise.
     monkeypatch.setenv("HAILO_SIGNING_PUB", str(tmp_path / "elsewhere.pub"))
-    assert signing_key(None, production=True)[1] == tmp_path / "elsewhere.pub"
+    assert signing_key(PipelineEnv.from_env(), production=True)[1] == tmp_path / "elsewhere.pub"
     monkeypatch.delenv("HAILO_SIGNING_PUB")
     (tmp_path / "cosign.pub").unlink()
-    assert signing_key(None, production=True)[1] == tmp_path / "cosign.key.pub"
+    assert signing_key(PipelineEnv.from_env(), production=True)[1] == tmp_path / "cosign.key.pub"

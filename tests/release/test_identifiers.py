@@ -1,7 +1,6 @@
 import datetime as dt
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +27,8 @@ def test_valid_tags(tag):
         ("v1 2", "forbidden characters"),
         ("v1\n", "forbidden characters"),
         ("current", "reserved"),
+        ("committed", "reserved"),  # the device agent's pointer names are reserved here too
+        ("last-known-good", "reserved"),
     ],
 )
 def test_invalid_tags_say_why(tag, fragment):
@@ -206,12 +207,13 @@ def test_anchor_schema_patterns_rewrites_only_anchored_patterns():
 
 
 def _emitted_schemas():
-    from release.manifest import json_schema
-    from release.request import params_json_schema
+    from release.schemas import DATA_DIR, json_schema, schema_models
 
-    data = Path(__file__).resolve().parents[2] / "release" / "data" / "manifest.schema.json"
-    return {"manifest": json_schema(), "manifest.schema.json": json.loads(data.read_text()),
-            "dag params": params_json_schema()}
+    out = {}
+    for name, model in schema_models().items():
+        out[name] = json.loads((DATA_DIR / name).read_text())
+        out[model.__name__] = json_schema(model)
+    return out
 
 
 def _patterns(node):
@@ -244,10 +246,10 @@ def test_every_emitted_schema_pattern_refuses_a_trailing_newline():
 
 def test_dag_params_schema_refuses_trailing_newlines_with_jsonschema():
     jsonschema = pytest.importorskip("jsonschema")  # what Airflow's Param uses
-    from release.request import params_json_schema
+    from release.request import ReleaseRequest
+    from release.schemas import param_specs
 
-    props = params_json_schema()
-    schema = {"type": "object", "properties": props}
+    schema = {"type": "object", "properties": param_specs(ReleaseRequest)}
     good = {"continuity_id": "ADR-0007-a-2025-08-31", "release_tag": "v1", "device": "pi-lab-01",
             "config_version": "cfg-1", "onnx_location": "sample"}
     jsonschema.validate(good, schema)
