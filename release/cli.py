@@ -86,14 +86,12 @@ def _cmd_check_continuity_id(args: argparse.Namespace) -> int:
 def _env_and_store() -> tuple[Any, Any]:
     """The local store under HAILO_ARTIFACT_ROOT, or HAILO_ARTIFACT_STORE=gs://bucket[/root] read and
     written directly (the ``gcs`` extra; credentials the standard google-cloud way)."""
-    import os
-
     from release.gcs_store import GcsArtifactStore, is_gcs_url
     from release.pipeline_env import PipelineEnv
     from release.store import LocalArtifactStore
 
     env = PipelineEnv.from_env()
-    location = os.environ.get("HAILO_ARTIFACT_STORE", "")
+    location = env.artifact_store or ""
     if is_gcs_url(location):
         return env, GcsArtifactStore.from_url(location)
     return env, LocalArtifactStore(env.store_root)

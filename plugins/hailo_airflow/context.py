@@ -17,9 +17,7 @@ def request_from(value: dict[str, Any] | ReleaseRequest) -> ReleaseRequest:
 
 def artifact_store(env: PipelineEnv, store_uri: str | None = None, gcp_conn_id: str = "google_cloud_default") -> ArtifactStore:
     """The local store (embedded default) or GCS when HAILO_ARTIFACT_STORE=gs://bucket[/root]."""
-    import os
-
-    uri = store_uri or os.environ.get("HAILO_ARTIFACT_STORE", "")
+    uri = store_uri or env.artifact_store or ""
     if uri.startswith(GCS_PREFIX):
         from hailo_airflow.gcs_store import GcsArtifactStore
 

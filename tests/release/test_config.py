@@ -93,12 +93,9 @@ def _hailo_env_reads(path: Path) -> list[str]:
 
 # Read elsewhere on purpose (see release/config.py's docstring): test-only fault switches read at
 # the fault point, and the device agent's checks (standard library only, run on the device).
-# HAILO_ARTIFACT_STORE in cli.py: its store selection for gs:// is being rewritten (issue 17 item 5);
-# Settings.artifact_store / PipelineEnv.artifact_store are there for it.
 _ALLOWED = {
     "release/faults.py": {"HAILO_FAULT_AT", "HAILO_FAULT_MARKER", "HAILO_FAULT_PAUSE_S"},
     "release/device_checks.py": {"HAILO_AGENT_CRASH_AT"},
-    "release/cli.py": {"HAILO_ARTIFACT_STORE"},
 }
 
 
