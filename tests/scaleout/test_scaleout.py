@@ -1,10 +1,7 @@
 """The scale-out path for real: `scripts/scaleout.sh` (PostgreSQL, Redis, CeleryExecutor, a
 `hailo-builder` and an `edge` worker with separate HAILO_PIPELINE_ROOTs sharing only the store),
 driven through the REST API with `hailo-release trigger` as CI and release managers do.
-
-Not covered here: kill -9 of the edge worker in the middle of the gate (needs the device-side
-lease of the fail-safe lifecycle work; the scheduler would otherwise only fail the orphaned task
-after the heartbeat timeout)."""
+kill -9 of the edge worker in the middle of the gate: test_scaleout_edge_worker_killed.py."""
 
 from __future__ import annotations
 
