@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Regenerate the hashed lock files in requirements/ from pyproject.toml (and sidecar/pyproject.toml).
 # They replace Airflow's constraints file (not reachable from here). Needs `uv` (pip install uv).
-#   cli.lock      the release library + `hailo-release` CLI, no Airflow
+#   cli.lock      the release library + `hailo-release` CLI, no Airflow (the bare `pip install hailo-pipeline`)
+#   gcs.lock      + google-cloud-storage (extra `gcs`): the on-call CLI on a gs:// store
 #   airflow.lock  + Airflow 3.3 and the docker/ssh/google providers (extra `airflow`)
 #   celery.lock   + CeleryExecutor, Redis and PostgreSQL providers (extra `celery`; scale-out hosts)
-#   dev.lock      everything CI needs: celery set + test/lint tools + the sidecar with onnxruntime
+#   dev.lock      everything CI needs: celery set + gcs + test/lint tools + the sidecar with onnxruntime
 # Install one with: pip install --require-hashes --no-deps -r requirements/X.lock, then the
 # project itself with --no-deps (scripts/setup.sh does this).
 set -euo pipefail
@@ -20,7 +21,9 @@ compile() {
       cat "requirements/$out"; } >"requirements/$out.tmp"
     mv "requirements/$out.tmp" "requirements/$out"
 }
+# An existing lock is uv's preference: a re-run changes no pin that still satisfies pyproject.toml.
 compile cli.lock pyproject.toml
+compile gcs.lock pyproject.toml --extra gcs
 compile airflow.lock pyproject.toml --extra airflow
 compile celery.lock pyproject.toml --extra celery
-compile dev.lock pyproject.toml sidecar/pyproject.toml --extra celery --extra dev --extra onnx
+compile dev.lock pyproject.toml sidecar/pyproject.toml --extra celery --extra gcs --extra sidecar --extra dev --extra onnx

@@ -48,8 +48,8 @@ install_venv() {
     local project=()
     case "$(basename "$LOCK" .lock)" in
         cli) project=(-e "$REPO_ROOT") ;;
-        airflow | celery) project=(-e "${REPO_ROOT}[$(basename "$LOCK" .lock)]") ;;
-        *) project=(-e "${REPO_ROOT}[celery,dev]" -e "${REPO_ROOT}/sidecar[onnx]") ;;
+        airflow | celery | gcs) project=(-e "${REPO_ROOT}[$(basename "$LOCK" .lock)]") ;;
+        *) project=(-e "${REPO_ROOT}[celery,gcs,sidecar,dev]" -e "${REPO_ROOT}/sidecar[onnx]") ;;
     esac
     "$VENV/bin/pip" install -q --no-deps --no-build-isolation "${project[@]}"
     # A dependency added to a pyproject.toml but not to the lock shows up here: run scripts/lock.sh.
