@@ -27,3 +27,8 @@ class ManifestLink(_XComUriLink):
 class GateReportLink(_XComUriLink):
     name = "Gate report"
     key = "gate_report_uri"
+
+
+class RolloutReportLink(_XComUriLink):
+    name = "Rollout report"
+    key = "rollout_report_uri"

@@ -1,0 +1,149 @@
+"""dag.test() runs of hailo_fleet_rollout on the fleet testbed (tests/fixtures/fleet.py: six devices,
+each its own network namespace, sshd and sidecar, behind the 20 ± 15 ms lab relay).
+
+One release after another, as a fleet lives: v1's canary is promoted on pi-01 and a healthy 2-wave
+rollout takes it to site=lab-b (pi-03, then pi-05 and pi-06); v2's canary passes on pi-01 but pi-05
+is slow with v2, so the 3-wave rollout of v2 halts in wave 2: pi-05 restored by its own gate, pi-03
+(committed in wave 1) restored by the halt, pi-06 (wave 3) never touched. Every device's history in
+the store is checked against the identity its sidecar serves (/healthz).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from release.history import History
+from release.rollout_report import REPORT_NAME
+from release.store import LocalArtifactStore
+
+pytestmark = [pytest.mark.airflow, pytest.mark.ssh, pytest.mark.e2e]
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+GATE = {"duration_s": 5, "lease_margin_s": 30}
+TARGET = "site=lab-b"  # pi-03, pi-05, pi-06: not the canary device
+
+
+@pytest.fixture
+def fleet_pipeline(fleet, tmp_path, monkeypatch):
+    root = tmp_path / "artifacts"
+    monkeypatch.setenv("HAILO_PIPELINE_ROOT", str(root))
+    monkeypatch.setenv("HAILO_DEVICES_FILE", str(fleet.write_inventory(tmp_path / "devices.yaml")))
+    for var in ("HAILO_ARTIFACT_ROOT", "HAILO_ARTIFACT_STORE", "HAILO_WORK_ROOT", "HAILO_KEYS_DIR", "HAILO_REGISTRY",
+                "HAILO_ROLLOUT_PLAN"):
+        monkeypatch.delenv(var, raising=False)
+    return root
+
+
+def _canary(tag: str) -> None:
+    """The release's canary on pi-01, through the library (the canary DAG is tested on its own)."""
+    from release.pipeline import run_all
+    from release.pipeline_env import PipelineEnv
+    from release.request import ReleaseRequest
+    from release.states import ReleaseState
+    from release.store import LocalArtifactStore
+
+    env = PipelineEnv.from_env()
+    req = ReleaseRequest(continuity_id="ADR-0007-hailo-docker-2025-08-31", release_tag=tag, onnx_location="sample",
+                         config_version=f"cfg-{tag}", device="pi-01", gate_overrides=GATE, triggered_by="pytest")
+    outcome = run_all(req, env, LocalArtifactStore(env.store_root), say=lambda _line: None)
+    assert outcome.state is ReleaseState.PROMOTED, outcome.state
+
+
+def _rollout(tag: str, plan: dict[str, object]):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(DAGS)).dags["hailo_fleet_rollout"]
+    return dag.test(run_conf={"release_tag": tag, "selector": TARGET, "plan": plan})
+
+
+def _states(run) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for ti in run.get_task_instances():
+        key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+        out[key] = ti.state
+    return out
+
+
+def _check_store_against_devices(fleet, store, tags: list[str]) -> dict[str, str | None]:
+    """For every device: the release the store's history says it runs == the one its /healthz serves."""
+    history = History(store)
+    config = {t: json.loads(store.get_bytes(t, "manifest.json"))["config_version"] for t in tags}
+    running = {}
+    for name in fleet.names():
+        health = fleet.healthz(name)
+        lkg = history.last_known_good(name)
+        served = health["config_version"] if health else None
+        assert served == (config[lkg[0]] if lkg else None), (name, lkg, health)
+        if lkg and health:
+            assert health["hef_sha256"] == lkg[1] or lkg[1] is None, (name, lkg, health)
+        running[name] = lkg[0] if lkg else None
+    return running
+
+
+def test_healthy_rollout_then_a_halting_one(airflow_db, fleet, fleet_pipeline):
+    store = LocalArtifactStore(fleet_pipeline / "store")
+    t0 = time.monotonic()
+    _canary("v1")
+    canary_s = time.monotonic() - t0
+
+    # A healthy rollout in 2 waves: the fleet's canary (1 device), then the rest 2 at a time.
+    t0 = time.monotonic()
+    run = _rollout("v1", {"waves": [{"size": 1, "gate": GATE}, {"size": "100%", "gate": GATE, "parallelism": 2}]})
+    healthy_s = time.monotonic() - t0
+    states = _states(run)
+    assert run.state == "success", states
+    assert states["wave_1.roll_device[0]"] == states["wave_2.roll_device[0]"] == states["wave_2.roll_device[1]"] == "success"
+    assert states["wave_3.roll_device"] == states["wave_4.roll_device"] == "skipped"  # the plan has 2 waves
+    report = run.get_task_instance("report").xcom_pull(task_ids="report")
+    assert report["state"] == "rollout_completed" and report["report_uri"]
+    rollout_id = report["rollout_id"]
+    assert json.loads(store.get_bytes(rollout_id, REPORT_NAME))["state"] == "rollout_completed"
+    running = _check_store_against_devices(fleet, store, ["v1"])
+    assert running == {"pi-01": "v1", "pi-02": None, "pi-03": "v1", "pi-04": None, "pi-05": "v1", "pi-06": "v1"}
+    print(f"canary v1 {canary_s:.1f} s; healthy 2-wave rollout of 3 devices {healthy_s:.1f} s")
+    first = {n: [r.event for r in History(store).device_records("v1", n, rollout_id)] for n in ("pi-03", "pi-05", "pi-06")}
+    assert all(events[-1] == "promote" for events in first.values()), first
+
+    # v2: its canary passes on pi-01, but pi-05 is slow with it. Abort once 2 have finished with a failure.
+    _canary("v2")
+    fleet.slow("pi-05", ms=150, tags="v2")
+    t0 = time.monotonic()
+    run = _rollout("v2", {"waves": [{"size": 1, "gate": GATE}, {"size": 2, "gate": GATE}, {"size": "100%", "gate": GATE}],
+                          "abort": {"max_failure_rate": 0.2, "min_finished": 2, "any_failure_in_first": 1}})
+    halting_s = time.monotonic() - t0
+    states = _states(run)
+    assert run.state == "success", states  # a halt is a safe, expected end, not a failed run
+    check = run.get_task_instance("wave_2.check").xcom_pull(task_ids="wave_2.check")
+    assert check["halted"] is True and "failure rate 1/2" in "; ".join(check["reasons"]), check
+    assert check["restored"] == {"pi-03": "v1", "pi-05": "v1"}
+    assert states["wave_3.roll_device"] == "skipped"  # wave 3 never starts
+    report = run.get_task_instance("report").xcom_pull(task_ids="report")
+    assert report["state"] == "rollout_halted"
+    rid = report["rollout_id"]
+    history = History(store)
+    assert [r.event for r in history.device_records("v2", "pi-06", rid)] == []  # never touched
+    assert history.device_records("v2", "pi-03", rid)[-1].detail.get("halt") is True
+    assert history.device_records("v2", "pi-05", rid)[-1].to_state == "rolled_back"
+    running = _check_store_against_devices(fleet, store, ["v1", "v2"])
+    assert running == {"pi-01": "v2", "pi-02": None, "pi-03": "v1", "pi-04": None, "pi-05": "v1", "pi-06": "v1"}
+    print(f"halting rollout {halting_s:.1f} s (wave 2 halted in {check['halt_s']:.1f} s); load {os.getloadavg()[0]:.1f}")
+
+
+def test_bad_params_are_refused_before_anything_runs(airflow_db, fleet_pipeline):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = DagBag(dag_folder=str(DAGS)).dags["hailo_fleet_rollout"]
+    for conf in ({"release_tag": "v1;reboot", "group": "fleet"}, {"release_tag": "v1", "group": "Fleet A"},
+                 {"release_tag": "v1", "selector": "site"}, {"release_tag": "v1", "plan": {"waves": "all"}}):
+        with pytest.raises(ParamValidationError):
+            dag.test(run_conf=conf)
+    # What the JSON schema cannot say (a wave of 0 devices) the plan model refuses in prepare: nothing is recorded.
+    run = dag.test(run_conf={"release_tag": "v1", "group": "fleet", "plan": {"waves": [{"size": 0}, {"size": "100%"}]}})
+    assert run.state == "failed"
+    assert _states(run)["prepare"] == "failed"
+    assert not (fleet_pipeline / "store" / "records").exists() or not list((fleet_pipeline / "store" / "records").rglob("*rollout*"))
