@@ -9,11 +9,20 @@ bindings.input().set_buffer / bindings.output(name).set_buffer with exact shapes
 run(bindings_list, timeout_ms). Outputs are computed by onnxruntime from the ONNX named in
 HAILO_DOUBLE_ONNX (so parity can be checked), else zeros. HAILO_DOUBLE_DRIVER_MISMATCH=1
 makes VDevice raise HAILO_INVALID_DRIVER_VERSION(76).
+
+HAILO_DOUBLE_INFER_MS (default 0: as fast as onnxruntime) is the device's time per inference, in
+milliseconds: run() returns no sooner than that many ms per binding after it was called, waiting
+asleep as the real run() waits for the chip (the CPU is free meanwhile; onnxruntime's own time counts
+inside it). A number >= 0; anything else is refused at configure(), as a bad setting must not pass
+for a fast device. The gate-fidelity tests set a device that runs near the 50 ms limit with it, and
+one 30 % slower.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +89,18 @@ class ConfiguredInferModel:
     def __init__(self, model: InferModel) -> None:
         self._model = model
         self._session = None
+        self._infer_s = _infer_seconds()
         onnx_path = os.environ.get("HAILO_DOUBLE_ONNX")
         if onnx_path:
             import onnxruntime as ort
 
-            self._session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+            # One thread, no spin-waiting: the chip computes, not the host CPU. onnxruntime's default pool
+            # (one spinning thread per core) took the device's only core from the sidecar when pinned: server
+            # p95 15 ms for a ~1 ms model on a busy 2-core host, 1 ms with this.
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
 
     def create_bindings(self) -> _Bindings:
         return _Bindings(self._model)
@@ -92,6 +108,11 @@ class ConfiguredInferModel:
     def run(self, bindings_list: list[_Bindings], timeout: int) -> None:
         if not isinstance(timeout, int) or timeout <= 0:
             raise HailoRTException("HAILO_INVALID_ARGUMENT(2): timeout must be a positive int (ms)")
+        busy_s = self._infer_s * len(bindings_list)
+        if busy_s * 1000 > timeout:  # the chip would not finish in time: the real run() times out
+            time.sleep(timeout / 1000)
+            raise HailoRTException(f"HAILO_TIMEOUT(4): inference did not finish within {timeout} ms")
+        done_at = time.perf_counter() + busy_s
         for b in bindings_list:
             x = b.input().get_buffer()
             outs: dict[str, np.ndarray]
@@ -102,12 +123,26 @@ class ConfiguredInferModel:
                 outs = {n: np.zeros(s.shape, np.float32) for n, s in self._model._outputs.items()}
             for name, value in outs.items():
                 b.output(name).get_buffer()[...] = value.reshape(b.output(name).get_buffer().shape)
+        wait = done_at - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
 
     def __enter__(self) -> ConfiguredInferModel:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         return None
+
+
+def _infer_seconds() -> float:
+    raw = os.environ.get("HAILO_DOUBLE_INFER_MS", "0")
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = math.nan
+    if not (math.isfinite(ms) and ms >= 0):
+        raise HailoRTException(f"HAILO_DOUBLE_INFER_MS={raw!r}: expected a number of milliseconds >= 0")
+    return ms / 1000
 
 
 class InferModel:
