@@ -58,6 +58,10 @@ def last_gate_p95(history: History, device: str) -> float | None:
 def _one(env: PipelineEnv, store: ArtifactStore, spec: DeviceSpec, ssh_client_factory: SshFactory) -> FleetDeviceStatus:
     history = History(store)
     enrolled, p95 = spec.enrolled is not None, last_gate_p95(history, spec.name)
+    if not enrolled:  # not managed by rollouts: listed, never contacted (it may not even have an agent)
+        lkg = history.last_known_good(spec.name)
+        return FleetDeviceStatus(spec.name, False, list(spec.groups), None, None, lkg[0] if lkg else None, None,
+                                 history.in_flight(spec.name), p95, [])
     try:
         view = status(env, store, spec.name, ssh_client_factory)
     except (ReleaseError, OSError) as exc:

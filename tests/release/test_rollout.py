@@ -16,12 +16,11 @@ from release.rollout import evaluate_wave, start_rollout
 from release.rollout_plan import parse_plan
 from release.rollout_run import run_rollout
 from release.states import RolloutState, rollout_state
-from tests.fixtures.fleet_local import FLEET, GATE, GROUP, NOT_ENROLLED, LocalFleet
+from tests.fixtures.fleet_local import BASE_WAVES, FLEET, GATE, GROUP, NOT_ENROLLED, LocalFleet
 
 pytestmark = pytest.mark.e2e
 
-WAVES = [{"size": 1, "gate": GATE}, {"size": "50%", "gate": GATE, "parallelism": 2},
-         {"size": "100%", "gate": GATE, "parallelism": 3}]
+WAVES = BASE_WAVES
 
 
 def _plan(**kw):
@@ -34,14 +33,9 @@ def _rollout(fleet: LocalFleet, tag: str, plan, selector=None) -> tuple[str, obj
     return rid, run_rollout(fleet.env, fleet.store, rid, actor="pytest", say=lambda _m: None)
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    bed = LocalFleet(tmp_path_factory.mktemp("fleet"))
-    base = bed.canary("base")
-    rid, report = _rollout(bed, base, _plan())
-    bed.base, bed.base_rollout, bed.base_report = base, rid, report
-    yield bed
-    bed.bed.stop_sidecars()
+@pytest.fixture
+def fleet(local_fleet):
+    return local_fleet
 
 
 def test_healthy_rollout_of_all_waves(fleet):
@@ -51,7 +45,11 @@ def test_healthy_rollout_of_all_waves(fleet):
     assert {d.device: d.status for d in report.devices} == dict.fromkeys(FLEET, "promoted")
     assert all(d.p95_ms is not None for d in report.devices)
     assert report.skipped == {NOT_ENROLLED: "not enrolled (no enrollment record): never touched by a rollout"}
-    assert fleet.assert_history_matches_devices() == dict.fromkeys(FLEET, fleet.base)
+    fleet.assert_history_matches_devices()
+    history = History(fleet.store)
+    for name in FLEET:  # what the rollout committed, per device, with the hef the canary had
+        promoted = [r for r in history.device_records(fleet.base, name, fleet.base_rollout) if r.to_state == "promoted"]
+        assert len(promoted) == 1 and promoted[0].detail["hef_sha256"] == fleet.hef_of(fleet.base)
     assert report.report_uri and report.plot_uri
     assert fleet.store.get_bytes(fleet.base_rollout, "rollout_latency.png").startswith(b"\x89PNG")
     rows = fleet_status(fleet.env, fleet.store, Selector.parse(GROUP))
@@ -78,26 +76,26 @@ def test_wave_two_failures_halt_restore_touched_devices_and_leave_wave_three_unt
     assert verdict.abort and verdict.failed >= 1
 
 
-@pytest.mark.parametrize("policy", ["skip", "halt"])
-def test_preflight_failure_is_skipped_with_a_reason_or_halts_as_the_plan_says(fleet, policy):
-    tag = fleet.canary(f"pf-{policy}")  # pi-5 identifies as another architecture for pf-* releases
+def test_preflight_failure_halts_or_is_skipped_with_a_reason_as_the_plan_says(fleet):
+    tag = fleet.canary("pf-1")  # pi-5 identifies as another architecture for pf-* releases
     before = fleet.assert_history_matches_devices()
-    plan = parse_plan({"waves": [{"size": "100%", "gate": GATE, "parallelism": 6}], "on_preflight_failure": policy,
-                       "abort": {"max_failure_rate": 0.5, "min_finished": 6, "any_failure_in_first": 0}})
-    _, report = _rollout(fleet, tag, plan)
-    outcomes = {d.device: d for d in report.devices}
-    assert outcomes["pi-5"].status == "skipped" and "preflight" in outcomes["pi-5"].reason
-    assert "HAILO15H".lower() in outcomes["pi-5"].reason.lower() or "hailo15h" in outcomes["pi-5"].reason.lower()
-    runs = fleet.assert_history_matches_devices()
-    assert runs["pi-5"] == before["pi-5"]
     others = [n for n in FLEET if n != "pi-5"]
-    if policy == "skip":
-        assert report.state == RolloutState.COMPLETED.value, report.as_dict()
-        assert all(outcomes[n].status == "promoted" and runs[n] == tag for n in others), report.as_dict()
-    else:
-        assert report.state == RolloutState.HALTED.value, report.as_dict()
-        assert any("preflight" in r for r in report.abort_reasons)
-        assert all(runs[n] == before[n] for n in others)  # the halt restored every device it had touched
+    for policy in ("halt", "skip"):  # the same release: halted first, then rolled out skipping pi-5
+        plan = parse_plan({"waves": [{"size": "100%", "gate": GATE, "parallelism": 6}], "on_preflight_failure": policy,
+                           "abort": {"max_failure_rate": 0.5, "min_finished": 6, "any_failure_in_first": 0}})
+        _, report = _rollout(fleet, tag, plan)
+        outcomes = {d.device: d for d in report.devices}
+        assert outcomes["pi-5"].status == "skipped", report.as_dict()
+        assert "preflight" in outcomes["pi-5"].reason and "hailo15h" in outcomes["pi-5"].reason.lower()
+        runs = fleet.assert_history_matches_devices()
+        assert runs["pi-5"] == before["pi-5"]  # refused before anything stopped: never left its release
+        if policy == "halt":
+            assert report.state == RolloutState.HALTED.value, report.as_dict()
+            assert any("preflight" in r for r in report.abort_reasons)
+            assert all(runs[n] == before[n] for n in others)  # the halt restored every device it had touched
+        else:
+            assert report.state == RolloutState.COMPLETED.value, report.as_dict()
+            assert all(outcomes[n].status == "promoted" and runs[n] == tag for n in others), report.as_dict()
 
 
 def test_two_rollouts_racing_on_overlapping_groups_wait_per_device(fleet):
