@@ -5,10 +5,11 @@
 Runs the real sidecar (`python -m hailo_sidecar`'s main: same checks, same bound socket, same
 server) and reads the device's knobs file (written by tests/fixtures/fleet.py) once at start:
 
-  {"slow_ms": 150, "slow_tags": "v2*"}         each inference takes slow_ms (releases matching the glob): the
-                                                 strict HailoRT double's own setting (HAILO_DOUBLE_INFER_MS) when
-                                                 the sidecar runs on it (a compiled HEF); a sleep after onnxruntime
-                                                 when it serves a placeholder HEF (no HailoRT path to slow down)
+  {"slow_ms": 150, "slow_tags": "v2*"}         each inference takes at least slow_ms (releases matching the
+                                                 glob): the strict HailoRT double's own setting (HAILO_DOUBLE_INFER_MS)
+                                                 when the sidecar runs on it (a compiled HEF); whatever is left of
+                                                 slow_ms after the backend answered is slept here (a placeholder
+                                                 HEF is served by onnxruntime: no HailoRT path to slow down)
   {"crash_after_infers": 3, "crash_tags": "*"}  the process exits (code 3) on inference number N+1:
                                                  it starts, answers /readyz and passes activation, then dies
                                                  under the gate's load; counted in requests, not seconds, so
@@ -58,7 +59,6 @@ def _patch_backend(knobs: dict[str, Any]) -> None:
     def load(state: Any) -> None:
         real_load(state)
         inner = state.backend.infer
-        slow_here = slow_s if state.backend.name != "hailo" else 0.0  # the double sleeps itself
 
         def infer(windows: Any) -> Any:
             nonlocal calls
@@ -67,9 +67,11 @@ def _patch_backend(knobs: dict[str, Any]) -> None:
                 if crash_after is not None and calls > int(crash_after):
                     print(f"fleet sidecar double: dying on inference {calls}", file=sys.stderr, flush=True)
                     os._exit(EXIT_CRASH)
+            t0 = time.perf_counter()
             out = inner(windows)
-            if slow_here:
-                time.sleep(slow_here)
+            left = slow_s - (time.perf_counter() - t0)  # ~0 when the HailoRT double already took slow_ms
+            if left > 0:
+                time.sleep(left)
             return out
 
         state.backend.infer = infer
