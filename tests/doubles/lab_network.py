@@ -68,9 +68,13 @@ class LabDevice:
     @property
     def prefix(self) -> list[str]:
         """argv prefix: inside the namespace (if any), on the device's CPUs, at real-time priority (as root)."""
+        return self.prefix_on(self.cpus, self.realtime)
+
+    def prefix_on(self, cpus: tuple[int, ...], realtime: bool) -> list[str]:
+        """The same on other CPUs or priority (the bench gives the device a second core to measure the host's part)."""
         return ((["ip", "netns", "exec", self.ns] if self.where == "netns" else [])
-                + (["taskset", "-c", ",".join(map(str, self.cpus))] if PINNED else [])
-                + (["chrt", "-r", "10"] if self.realtime else []))
+                + (["taskset", "-c", ",".join(map(str, cpus))] if PINNED else [])
+                + (["chrt", "-r", "10"] if realtime and REALTIME else []))
 
     def transport(self) -> DeviceTransport:
         return DeviceTransport(self.prefix)
