@@ -32,7 +32,7 @@ from hailo_airflow.fleet_params import FLEET_PARAMS
 EDGE_QUEUE = "edge"
 WAVE_SLOTS = 4  # the issue's [1, 10%, 50%, 100%]; a longer plan is refused by prepare (the CLI runs any)
 MAX_DEVICES_AT_ONCE = 16  # per wave, in Airflow; the plan's own parallelism (<= this) is enforced per slot
-APPROVAL_POKE_S = 15
+APPROVAL_POKE_S = 10  # one read of the rollout's history records per poke
 APPROVAL_TIMEOUT_S = 7 * 86400.0
 
 default_args = {"owner": "release-managers", "retries": 0, "retry_delay": dt.timedelta(seconds=10)}

@@ -176,21 +176,17 @@ def check_wave(rollout: Mapping[str, Any], slot: int, context: Mapping[str, Any]
         return {"wave": wave.index, "halted": False, "finished": verdict.finished, "failed": verdict.failed}
 
 
-def _factory_for_all(env: Any, info: Any) -> Any:
-    """halt() takes one SSH factory for all devices: only the Airflow-connection case needs one, and
-    then per device; inventory devices (host/key/known_hosts) connect by themselves (None)."""
+def _factory_for_all(env: Any, info: Any) -> None:
+    """halt() takes one SSH factory for all devices: None lets each inventory device connect by itself
+    (host, key, known_hosts). Devices reached through Airflow connections would each need their own
+    factory, which halt() cannot take yet: refused with what to run instead."""
     from hailo_airflow.steps import ssh_client_factory_for
-
-    names = [d for w in info.waves for d in w.devices]
-    factories = {ssh_client_factory_for(env, d) for d in names}
-    return None if factories == {None} else _per_device_error(names)
-
-
-def _per_device_error(names: list[str]) -> Any:
     from release.errors import InvalidInput
 
-    raise InvalidInput(f"devices reached through Airflow connections ({', '.join(names)}) cannot be halted from one "
-                       "task yet: run `hailo-release rollout halt` on a worker with their keys")
+    through_connections = [d for w in info.waves for d in w.devices if ssh_client_factory_for(env, d) is not None]
+    if through_connections:
+        raise InvalidInput(f"devices reached through Airflow connections ({', '.join(through_connections)}) cannot be "
+                           "halted from one task yet: run `hailo-release rollout halt` on a worker with their keys")
 
 
 def finish(rollout: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,20 @@ def _rollout(tag: str, group: str, plan: dict[str, object]):
     return dag.test(run_conf={"release_tag": tag, "group": group, "plan": plan})
 
 
+def _approve_when_waiting(store, wave: int, stop: threading.Event, approved: list[str]) -> None:
+    """A release manager: once a rollout waits for wave ``wave``'s approval, approve it with what
+    `hailo-release rollout approve ID --wave N` calls (the DAG's sensor reads that record)."""
+    from release.rollout import approve
+    from release.states import RolloutState, rollout_state
+
+    history = History(store)  # reads only the records added since its last look
+    while not stop.wait(1.0):
+        for rid in {r.detail.get("rollout_id") for r in history.records() if r.event == "rollout_wait"}:
+            if rid and rollout_state(history, rid) is RolloutState.WAITING and rid not in approved:
+                approve(store, rid, wave, actor="pytest:release-manager")
+                approved.append(rid)
+
+
 def _states(run) -> dict[str, str]:
     out: dict[str, str] = {}
     for ti in run.get_task_instances():
@@ -91,9 +106,18 @@ def test_healthy_rollout_then_a_halting_one(airflow_db, fleet, fleet_pipeline):
     _canary("v1")
     canary_s = time.monotonic() - t0
 
-    # A healthy rollout in 2 waves: the group's canary (1 device), then the rest 2 at a time.
+    # A healthy rollout in 2 waves: the group's canary (1 device), then the rest 2 at a time once a
+    # person approved wave 2 (the DAG's sensor waits for the approval record in the store).
+    stop, approved = threading.Event(), []
+    manager = threading.Thread(target=_approve_when_waiting, args=(store, 2, stop, approved), daemon=True)
+    manager.start()
     t0 = time.monotonic()
-    run = _rollout("v1", "early", {"waves": [{"size": 1, "gate": GATE}, {"size": "100%", "gate": GATE, "parallelism": 2}]})
+    try:
+        run = _rollout("v1", "early", {"waves": [{"size": 1, "gate": GATE},
+                                                 {"size": "100%", "gate": GATE, "parallelism": 2, "approval": True}]})
+    finally:
+        stop.set()
+        manager.join(10)
     healthy_s = time.monotonic() - t0
     states = _states(run)
     assert run.state == "success", states
@@ -102,6 +126,9 @@ def test_healthy_rollout_then_a_halting_one(airflow_db, fleet, fleet_pipeline):
     report = run.get_task_instance("report").xcom_pull(task_ids="report")
     assert report["state"] == "rollout_completed" and report["report_uri"]
     rollout_id = report["rollout_id"]
+    assert approved == [rollout_id]
+    events = [r.event for r in History(store).rollout_records(rollout_id) if r.device is None]
+    assert events.index("rollout_wait") < events.index("rollout_approve") < events.index("rollout_continue")
     assert json.loads(store.get_bytes(rollout_id, REPORT_NAME))["state"] == "rollout_completed"
     running = _check_store_against_devices(fleet, store, ["v1"])
     assert running == {"pi-01": "v1", "pi-02": "v1", "pi-03": "v1", "pi-04": None, "pi-05": None, "pi-06": None}
