@@ -160,6 +160,16 @@ def test_healthy_rollout_then_a_halting_one(airflow_db, fleet, fleet_pipeline):
     assert history.device_records("v2", "pi-03", rid)[-1].to_state == "rolled_back"
     running = _check_store_against_devices(fleet, store, ["v1", "v2"])
     assert running == {"pi-01": "v2", "pi-02": "v1", "pi-03": "v1", "pi-04": None, "pi-05": None, "pi-06": None}
+    # A resume of the finished v1 rollout (a re-triggered run with rollout_id, or a retried task after a
+    # restart) redoes nothing: the task bodies read each device's outcome from the history.
+    from hailo_airflow.fleet_steps import roll_device, start_or_resume
+
+    before = len(History(store).records())
+    resumed = start_or_resume({"params": {"release_tag": "v1", "rollout_id": rollout_id}}, 4)
+    assert resumed["waves"] == [{"index": 1, "devices": ["pi-02"]}, {"index": 2, "devices": ["pi-03"]}]
+    again = roll_device(resumed, 1, "pi-02", {})
+    assert again["status"] == "promoted" and again["runs"] == "v1"
+    assert len(History(store).records()) == before  # nothing recorded, nothing sent to the device
     print(f"halting rollout {halting_s:.1f} s (wave 2 halted in {check['halt_s']:.1f} s); load {os.getloadavg()[0]:.1f}")
 
 
