@@ -291,6 +291,11 @@ start_control_plane() {
     done
 }
 
+control_plane_running() {
+    local c
+    for c in api-server scheduler dag-processor triggerer; do is_ours "$c" || return 1; done
+}
+
 worker_port() { if [ "$1" = hailo-builder ]; then echo "$BUILDER_LOG_PORT"; else echo "$EDGE_LOG_PORT"; fi; }
 worker_concurrency() { if [ "$1" = hailo-builder ]; then echo 1; else echo 2; fi; }
 
@@ -359,7 +364,12 @@ cmd_start() {
     "$PY" -m hailo_airflow.keycheck >&2 || die "refusing to start: signing key check failed (see above)"
     start_postgres
     start_redis
-    init_airflow
+    # A running control plane has migrated the database and made the pools and users already:
+    # restarting a lost worker does not run four Airflow commands again (measured 60-250 s on a
+    # busy 2-core machine, most of the time the restarted worker was down).
+    if ! control_plane_running; then
+        init_airflow
+    fi
     start_control_plane
     start_workers
     local q
