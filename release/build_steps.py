@@ -123,7 +123,7 @@ def compile_hef(req: ReleaseRequest, env: PipelineEnv, store: ArtifactStore, com
     if command_runner is None and env.compiler_image:  # the CLI path: `docker run` per stage (Airflow: Docker hook)
         from release.dfc_runners import ContainerRunner
 
-        command_runner = ContainerRunner(env.compiler_image, docker=env.docker_bin or "docker")
+        command_runner = ContainerRunner(env.compiler_image, docker=env.docker_bin or "docker", license_path=env.dfc_license)
     hailo = "hailo" if command_runner is not None else env.hailo_bin
     out = run_compile(
         onnx_local, tag=req.release_tag, net_name=NET_NAME, work_dir=work, artifacts_dir=work / "artifacts",

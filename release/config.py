@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     registry: str | None = _var("HAILO_REGISTRY")
     image_repository: str = _var("HAILO_IMAGE_REPOSITORY", "hailo-runtime")
     compiler_image: str | None = _var("HAILO_COMPILER_IMAGE")
+    dfc_license: Path | None = _var("HAILO_DFC_LICENSE")  # mounted read-only into the compiler container
     dfc_bin: str | None = _var("HAILO_DFC_BIN")
     docker_bin: str | None = _var("HAILO_DOCKER_BIN")
     hailort_wheel: Path | None = _var("HAILO_HAILORT_WHEEL")

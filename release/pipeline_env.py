@@ -31,6 +31,9 @@ class PipelineEnv(BaseModel):
     registry: str | None = Field(description="host:port of the OCI registry to push to, None = no registry")
     image_repository: str = "hailo-runtime"
     compiler_image: str | None = Field(None, description="HAILO_COMPILER_IMAGE: run the DFC in this image")
+    dfc_license: Path | None = Field(
+        None, description="HAILO_DFC_LICENSE: a DFC licence file, mounted read-only at /licenses/hailo.lic in the compiler image"
+    )
     hailo_bin: str | None = Field(description="path of the `hailo` DFC CLI when installed")
     docker_bin: str | None = None
     hailort_wheel: Path | None = Field(None, description="HailoRT's Pi wheel to install in the runtime image")
@@ -52,6 +55,7 @@ class PipelineEnv(BaseModel):
             registry=s.registry,
             image_repository=s.image_repository,
             compiler_image=s.compiler_image,
+            dfc_license=s.dfc_license.resolve() if s.dfc_license else None,
             hailo_bin=s.dfc_bin or shutil.which("hailo"),
             docker_bin=s.docker_bin or (str(_DOCKER_DEFAULT) if _DOCKER_DEFAULT.exists() else None),
             hailort_wheel=s.hailort_wheel.resolve() if s.hailort_wheel else None,

@@ -26,7 +26,8 @@ class HailoCompileOperator(BaseOperator):
     (``PipelineEnv.compiler_image``), else the Airflow Variable ``hailo_compiler_image``. With one,
     the DFC (``--version`` and the three stages) runs inside that x86_64 container through the
     Docker provider's hook (``DockerHookRunner``, created lazily here) and the manifest records the
-    image's digest; without one, ``hailo`` on the host runs, or, in dev mode only, a marked
+    image's digest, with the DFC licence (``license_path``, else HAILO_DFC_LICENSE) mounted read-only;
+    without one, ``hailo`` on the host runs, or, in dev mode only, a marked
     placeholder is written.
     """
 
@@ -69,9 +70,11 @@ class HailoCompileOperator(BaseOperator):
         image = self.resolve_compiler_image()
         if image:
             from hailo_airflow.docker_compile import DockerHookRunner
+            from release.pipeline_env import PipelineEnv
 
+            license_path = self.license_path or (str(lic) if (lic := PipelineEnv.from_env().dfc_license) else None)
             runner = DockerHookRunner(image=image, docker_url=self.docker_url, docker_conn_id=self.docker_conn_id,
-                                      license_path=self.license_path)
+                                      license_path=license_path)
             self.log.info("compiling in the compiler image %s through the Docker hook (%s)", image, self.docker_url)
         from release.build_steps import compile_hef
 

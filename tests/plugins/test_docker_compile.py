@@ -96,7 +96,7 @@ def pipeline_root(tmp_path, monkeypatch) -> Path:
     """A fresh PipelineEnv from the environment (what run_step builds) with no `hailo` on the host."""
     root = tmp_path / "root"
     for var in ("HAILO_ARTIFACT_ROOT", "HAILO_WORK_ROOT", "HAILO_KEYS_DIR", "HAILO_ARTIFACT_STORE", "HAILO_DFC_BIN",
-                "HAILO_COMPILER_IMAGE", "HAILO_REGISTRY", "HAILO_SIGNING_KEY", "HAILO_DEVICES_FILE",
+                "HAILO_COMPILER_IMAGE", "HAILO_DFC_LICENSE", "HAILO_REGISTRY", "HAILO_SIGNING_KEY", "HAILO_DEVICES_FILE",
                 "AIRFLOW_VAR_HAILO_COMPILER_IMAGE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HAILO_PIPELINE_ROOT", str(root))
@@ -135,6 +135,8 @@ def test_compile_task_runs_the_dfc_in_the_compiler_image(docker_cli, dfc_double_
     monkeypatch.delenv("HAILO_COMPILER_IMAGE")
 
     result = op.execute(context={})  # type: ignore[arg-type]
+    # No HAILO_DFC_LICENSE here: no licence is mounted (the CLI-path test sets one).
+    assert "parser: licence absent" in (env.work_dir("c1", "compile") / "dfc" / "hailo_sdk.client.log").read_text()
     image_id = _image_id(docker_cli, dfc_double_image)
     assert result["step"]["status"] == "double", result["step"]
     assert image_id in result["step"]["reason"]
@@ -202,10 +204,18 @@ def test_cli_path_compiles_in_the_compiler_image(docker_cli, dfc_double_image, p
 
     monkeypatch.setenv("HAILO_COMPILER_IMAGE", dfc_double_image)
     monkeypatch.setenv("HAILO_DOCKER_BIN", docker_cli)
+    licence = pipeline_root.parent / "hailo.lic"
+    licence.write_text("licence stand-in\n")
+    monkeypatch.setenv("HAILO_DFC_LICENSE", str(licence))
     req, env, store = _validated("k1")
     result = build_steps.compile_hef(req, env, store)
     assert result.step.status == "double" and result.hef.compiler_image == _image_id(docker_cli, dfc_double_image)
-    assert "test double" in (env.work_dir("k1", "compile") / "dfc" / "hailo_version.txt").read_text()
+    build = env.work_dir("k1", "compile") / "dfc"
+    assert "test double" in (build / "hailo_version.txt").read_text()
+    # Every stage saw the licence, mounted read-only (HAILO_DFC_LICENSE), not copied into the build dir.
+    log = (build / "hailo_sdk.client.log").read_text()
+    assert all(f"{stage}: licence present, 17 bytes" in log for stage in ("parser", "optimize", "compiler")), log
+    assert not any(p.name == "hailo.lic" for p in build.rglob("*"))
 
 
 def test_without_an_image_the_host_hailo_runs_or_a_dev_placeholder(pipeline_root, monkeypatch):
