@@ -53,7 +53,10 @@ def locked_wheels(lock: Path) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes", "--only-binary=:all:",
               "-r", str(lock), "-d", str(partial)])
-        partial.rename(cache)
+        try:
+            partial.rename(cache)
+        except OSError:  # another run filled the cache meanwhile: theirs is as good (same hashes)
+            shutil.rmtree(partial, ignore_errors=True)
     return cache
 
 
