@@ -5,7 +5,7 @@ shipped. Used by the gate-fidelity tests and bench/bench_gate.py.
         argv = lab.prefix + [...]     # runs inside the namespace, on the device's CPU, before other work
         ... the orchestrator reaches the device at lab.address ...
 
-Only addresses inside the namespace created here (a random 10.213.x.y/30) or loopback are used. Where a
+Only addresses inside the namespace created here (a free 10.x.y.0/24) or loopback are used. Where a
 namespace cannot be made (not root, no iproute2) the device is on loopback and ``why`` says so; the
 caller decides whether that is a skip, a failure (CI) or a note.
 """
@@ -18,6 +18,7 @@ import shutil
 import subprocess
 
 from release.transport import LocalTransport, RemoteResult
+from tests.fixtures._lab_network import NS_PREFIX, delete_namespace, free_subnet, sweep_stale_namespaces
 
 DEVICE_CPU, ORCHESTRATOR_CPU = 0, 1
 PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
@@ -35,12 +36,11 @@ def _ip(*args: str) -> None:
 class LabDevice:
     def __init__(self, *, cpus: tuple[int, ...] = (DEVICE_CPU,), realtime: bool = True) -> None:
         tag = secrets.token_hex(4)
-        self.ns = f"hp-{tag}"
+        # Named as the fleet testbed names its namespaces (creator pid inside): a later run sweeps ours too
+        # when this one was killed before it could remove it.
+        self.ns = f"{NS_PREFIX}{os.getpid()}-{tag}"
         self._host_if, self._dev_if = f"vh{tag}", f"vd{tag}"
-        # A random /30 in 10.213.0.0/16: two labs at once (a test and a bench) do not share addresses.
-        net = secrets.randbelow(1 << 14) * 4
-        self.host_address = f"10.213.{net >> 8}.{(net & 0xFF) + 1}"
-        self.address = f"10.213.{net >> 8}.{(net & 0xFF) + 2}"
+        self.host_address = self.address = ""
         self.cpus = cpus
         self.realtime = realtime and REALTIME
         self.where, self.why = "netns", ""
@@ -50,14 +50,19 @@ class LabDevice:
             self.where, self.why = "loopback", "network namespaces need root and iproute2"
         else:
             try:
+                sweep_stale_namespaces()
+                # A 10.x.y.0/24 no address or route here is in: a test, a bench and the fleet testbed at once
+                # never share addresses.
+                net = free_subnet()
+                self.host_address, self.address = str(net.network_address + 1), str(net.network_address + 2)
                 _ip("netns", "add", self.ns)
                 _ip("link", "add", self._host_if, "type", "veth", "peer", "name", self._dev_if, "netns", self.ns)
-                _ip("addr", "add", f"{self.host_address}/30", "dev", self._host_if)
+                _ip("addr", "add", f"{self.host_address}/24", "dev", self._host_if)
                 _ip("link", "set", self._host_if, "up")
-                for args in (("addr", "add", f"{self.address}/30", "dev", self._dev_if), ("link", "set", self._dev_if, "up"),
+                for args in (("addr", "add", f"{self.address}/24", "dev", self._dev_if), ("link", "set", self._dev_if, "up"),
                              ("link", "set", "lo", "up")):
                     _ip("netns", "exec", self.ns, "ip", *args)
-            except (subprocess.CalledProcessError, OSError) as exc:
+            except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:  # RuntimeError: no free subnet
                 self.where = "loopback"
                 self.why = f"cannot create a network namespace here: {getattr(exc, 'stderr', b'') or exc}"
                 self._delete()
@@ -80,8 +85,8 @@ class LabDevice:
         return DeviceTransport(self.prefix)
 
     def _delete(self) -> None:
+        delete_namespace(self.ns)  # what is still running in it, then the namespace (its veth pair goes with it)
         subprocess.run(["ip", "link", "del", self._host_if], capture_output=True, timeout=10)
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=10)
 
     def __exit__(self, *exc: object) -> None:
         if self.where == "netns":

@@ -10,11 +10,11 @@ crosses it (the sample model's ~1.5 ms on onnxruntime would hide +30 % under the
 
 - healthy: 38 ms per window. The sidecar serialises inference (one VDevice, one lock) and the load is
   open-loop at 20 windows/s (one every 50 ms: utilisation 0.8, no queue), so p95 = 38 ms + the HTTP
-  path. Measured in 3 runs at host loads of 10-15 on 2 cores (two beside 2 extra busy loops): device-side
-  p95 39.3-40.8 ms (server 39.9 ms), >= 9.2 ms under the limit; orchestrator-side p95 over the link
+  path. Measured in 4 runs at host loads of 8-15 on 2 cores (two beside 2 extra busy loops): device-side
+  p95 39.3-40.9 ms (server 39.9 ms), >= 9.1 ms under the limit; orchestrator-side p95 over the link
   105-256 ms.
 - regressed: 49.4 ms (+30 %), ~51 ms with the HTTP path: over the 50 ms between arrivals (utilisation
-  1.02-1.05) the queue grows by 1-2 ms a window. Measured: device-side p95 59.8-81.4 ms (>= 9.8 ms over),
+  1.02-1.05) the queue grows by 1-2 ms a window. Measured: device-side p95 58.3-81.4 ms (>= 8.3 ms over),
   achieved 19.75-19.89 windows/s; the baseline comparison (median 1.3x the last-known-good) fails it too.
   Any +30 % regression that crosses the p95 limit at 20 windows/s is this close to saturation:
   p95 >= 50 ms needs >= ~48 ms per window, 0.96 of the 50 ms between windows. Below 38 ms a +30 % device
@@ -24,8 +24,8 @@ The load runs at 20 windows/s, EdgeInfer's rate and the product's floor, not the
 
 Statistics: each trial is 3.5 s of load with the gate's 1 s warm-up, 50 scored samples (the gate's
 min_samples), so each p95 lies between the 47th and 48th of 50 ordered samples; trial-to-trial the p95
-moved by ~1 ms, against margins of >= 9.2 ms (healthy) and >= 9.8 ms (regressed). The 20 trials run on one
-long-lived canary per release (one deploy each): the whole test took 247-316 s at host loads of 10-15.
+moved by ~1 ms, against margins of >= 9.1 ms (healthy) and >= 8.3 ms (regressed). The 20 trials run on one
+long-lived canary per release (one deploy each): the whole test took 247-316 s at host loads of 8-15.
 
 The device is its own network namespace joined by veth when namespaces can be created (the agent and
 the sidecar run inside it, on CPU 0 at real-time priority: tests/doubles/lab_network.py); otherwise
