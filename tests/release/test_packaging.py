@@ -57,6 +57,9 @@ def locked_wheels(lock: Path) -> Path:
             partial.rename(cache)
         except OSError:  # another run filled the cache meanwhile: theirs is as good (same hashes)
             shutil.rmtree(partial, ignore_errors=True)
+        for stale in cache.parent.glob(f"wheels-{lock.stem}-*"):  # an older lock's wheels (133 MB each)
+            if stale.name != cache.name and ".partial-" not in stale.name:
+                shutil.rmtree(stale, ignore_errors=True)
     return cache
 
 
