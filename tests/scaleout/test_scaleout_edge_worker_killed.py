@@ -13,6 +13,10 @@ on. Then:
   agrees with the device and `reconcile` has nothing left to do;
 - the gate's Celery message, never acknowledged (acks_late), is redelivered as Redis would after
   the visibility timeout: the execution API refuses to start a failed task, the device is untouched.
+
+Measured: 130 s in the tier beside two busy loops (it reuses a release promoted before it), 170 s
+alone (it promotes one first); the device was back on last-known-good 38-41 s after the kill, the
+run failed 60 s (quiet) to 86 s (busy) after it.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ DEVICE = "local"
 # the machine. The canary's lease is 20 + 20 = 40 s from the moment it was healthy.
 GATE = {"duration_s": 20, "lease_margin_s": 20}
 # Past the lease's deadline, the watchdog wakes within 0.2 s and restarts the sidecar on the
-# last-known-good (a few seconds: process start + model load); 30 s is the bound allowed for that.
+# last-known-good: measured 2.0-3.3 s after the deadline (quiet, 2 busy loops, load 13); 30 s allowed.
 RESTORE_BOUND_S = 30.0
 FAILURES = ("step_failed", "lease_expired", "rollback")
 
