@@ -47,17 +47,26 @@ def _targets(env: PipelineEnv, selector: Selector | None) -> list[DeviceSpec]:
     return [devices[n] for n in sorted(devices) if selector is None or selector.matches(devices[n])]
 
 
-def last_gate_p95(history: History, device: str) -> float | None:
-    """The p95 of the last gate measured on ``device`` (a fleet rollout's record; the canary's is in its manifest)."""
+def last_gate_p95(history: History, store: ArtifactStore, device: str) -> float | None:
+    """The p95 of the last gate measured on ``device``: a fleet rollout's record, or for a canary
+    device the gate in the release's published manifest."""
+    from release.manifest import ReleaseManifest
+    from release.store import MANIFEST_NAME
+
     for record in reversed(history.for_device(device)):
         if record.detail.get("p95_ms") is not None:
             return float(record.detail["p95_ms"])
+        if record.event in ("gate_pass", "gate_fail", "gate_inconclusive") and store.is_published(record.release_tag):
+            manifest = ReleaseManifest.from_json(store.get_bytes(record.release_tag, MANIFEST_NAME))
+            p95 = manifest.gate.measured.get("p95_ms") if manifest.device == device else None
+            if p95 is not None:
+                return float(p95)
     return None
 
 
 def _one(env: PipelineEnv, store: ArtifactStore, spec: DeviceSpec, ssh_client_factory: SshFactory) -> FleetDeviceStatus:
     history = History(store)
-    enrolled, p95 = spec.enrolled is not None, last_gate_p95(history, spec.name)
+    enrolled, p95 = spec.enrolled is not None, last_gate_p95(history, store, spec.name)
     if not enrolled:  # not managed by rollouts: listed, never contacted (it may not even have an agent)
         lkg = history.last_known_good(spec.name)
         return FleetDeviceStatus(spec.name, False, list(spec.groups), None, None, lkg[0] if lkg else None, None,

@@ -219,9 +219,14 @@ def evaluate_wave(store: ArtifactStore, rollout_id: str, wave_index: int) -> Wav
         names = ", ".join(o.device for o in first if o.failed)
         reasons.append(f"a failure among the first {criteria.any_failure_in_first} finished device(s): {names}")
     counted = [o for o in done if o.status != "skipped"]
-    if len(counted) >= criteria.min_finished and len(failures) / len(counted) > criteria.max_failure_rate:
-        reasons.append(f"failure rate {len(failures)}/{len(counted)} exceeds {criteria.max_failure_rate:.0%} "
-                       f"(over at least {criteria.min_finished} finished)")
+    # As results arrived: the rate is checked after each finished device, so a limit crossed once
+    # stays crossed however many successes finish after it (an abort is final).
+    for n in range(criteria.min_finished, len(counted) + 1):
+        failed_n = sum(1 for o in counted[:n] if o.failed)
+        if failed_n / n > criteria.max_failure_rate:
+            reasons.append(f"failure rate {failed_n}/{n} exceeds {criteria.max_failure_rate:.0%} "
+                           f"(over at least {criteria.min_finished} finished)")
+            break
     halting = [o for o in done if o.status == "skipped" and info.plan.on_preflight_failure == "halt"]
     if halting:
         reasons.append(f"preflight failed on {', '.join(o.device for o in halting)} and the plan says halt")
@@ -245,8 +250,9 @@ def _restore_one(env: PipelineEnv, store: ArtifactStore, info: RolloutInfo, devi
         if last.to_state != ReleaseState.PROMOTED.value or (lkg and lkg[0] != info.tag):
             # Never committed here (its own lifecycle already restored it), or another release was
             # committed since: nothing of this rollout's is left on the device to undo.
-            return RestoreResult(device, lkg[0] if lkg else None, lkg[1] if lkg else None, 0.0, True,
-                                 f"nothing to undo ({last.to_state})")
+            own_s = float(last.detail.get("seconds") or 0.0) if last.detail.get("halt") else 0.0
+            return RestoreResult(device, lkg[0] if lkg else None, lkg[1] if lkg else None, own_s, True,
+                                 "restored itself when the halt began" if own_s else f"nothing to undo ({last.to_state})")
         if to is None:
             return RestoreResult(device, None, None, 0.0, False, "no release was committed before this rollout: "
                                  "nothing to restore to (enroll devices with a base release)")

@@ -25,7 +25,7 @@ from release.errors import ReleaseError, StepFailed
 from release.history import History, HistoryRecord
 from release.pipeline_env import PipelineEnv
 from release.rollout_plan import PlanWave
-from release.states import ON_DEVICE, ReleaseEvent, ReleaseState, advance_on_device
+from release.states import ON_DEVICE, ReleaseEvent, ReleaseState, RolloutState, advance_on_device, rollout_state
 from release.store import ArtifactStore
 from release.targets import connected
 from release.verify import VerifyPolicy, device_bundle, signing_key, verify_release
@@ -213,12 +213,20 @@ def _lifecycle(
         except dep.Unhealthy as exc:
             record(ReleaseEvent.ROLLBACK, f"never became healthy: {exc}", restored_prior)
             return outcome()
+        if rollout_state(history, rollout_id) is RolloutState.HALTING:
+            return _restore_for_halt(history, spec, record, outcome, "the rollout is halting: not gated", {},
+                                     ssh_client_factory)
         report = measure_gate(store, tag, spec, settings, None, ssh_client_factory)
         _save_gate(store, rollout_id, name, attempt, report)
         gate = _gate_detail(report)
         reasons = "; ".join(report.reasons) or report.verdict.value
         if report.verdict.value == "pass":
             record(ReleaseEvent.GATE_PASS, reasons, {**gate, "hef_sha256": verified.candidate.hef.hef_sha256})
+            if rollout_state(history, rollout_id) is RolloutState.HALTING:
+                # Aborted while this device was gated: restore instead of committing (the halt would
+                # only undo the commit a moment later).
+                return _restore_for_halt(history, spec, record, outcome, "the rollout is halting: not committed", gate,
+                                         ssh_client_factory)
             with connected(spec, ssh_client_factory) as transport:
                 try:
                     dep.commit(transport, spec, tag)
@@ -243,6 +251,16 @@ def _lifecycle(
     except BaseException as exc:
         _fail_safe(history, spec, tag, rollout_id, attempt, actor, exc, ssh_client_factory)
         raise
+
+
+def _restore_for_halt(history: History, spec: DeviceSpec, record: Callable[..., HistoryRecord],
+                      outcome: Callable[[], DeviceOutcome], why: str, gate: dict[str, Any],
+                      ssh_client_factory: SshFactory) -> DeviceOutcome:
+    t0 = time.monotonic()
+    with connected(spec, ssh_client_factory) as transport:
+        restored = restore_last_known_good(history, spec, transport)
+    record(ReleaseEvent.ROLLBACK, why, {**restored, **gate, "halt": True, "seconds": round(time.monotonic() - t0, 3)})
+    return outcome()
 
 
 def _fail_safe(history: History, spec: DeviceSpec, tag: str, rollout_id: str, attempt: int, actor: str,

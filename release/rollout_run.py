@@ -50,6 +50,7 @@ def _run_wave(env: PipelineEnv, store: ArtifactStore, info: RolloutInfo, wave: W
     verdict = evaluate_wave(store, info.rollout_id, wave.index)
     if verdict.abort:  # a resumed run whose criteria had tripped before the kill
         return verdict
+    tripped: WaveVerdict | None = None
     with cf.ThreadPoolExecutor(max_workers=wave.parallelism, thread_name_prefix=f"wave{wave.index}") as pool:
         futures = {pool.submit(run_wave_device, env, store, info.rollout_id, info.tag, name, wave.index, actor=actor,
                                ssh_client_factory=ssh_client_factory): name for name in wave.devices}
@@ -63,13 +64,21 @@ def _run_wave(env: PipelineEnv, store: ArtifactStore, info: RolloutInfo, wave: W
             except Exception as exc:  # an unreachable device, a store error: counted as a failure
                 errors.append(f"{name}: {type(exc).__name__}: {exc}")
                 say(f"  {name}: error {type(exc).__name__}: {exc}")
+            if tripped is not None:
+                continue  # an abort is final: later successes never lower a failure rate back under the limit
             verdict = evaluate_wave(store, info.rollout_id, wave.index)
             if errors:
                 verdict = WaveVerdict(True, (*verdict.reasons, *errors), verdict.finished, verdict.failed + len(errors))
             if verdict.abort:
+                tripped = verdict
                 for pending in futures:
                     pending.cancel()  # not started yet: never touched
-    return verdict
+                if rollout_state(History(store), info.rollout_id) is RolloutState.RUNNING:
+                    # Recorded now, not after the wave drains: devices still in their gate see it
+                    # and restore instead of committing.
+                    advance_rollout(History(store), info.rollout_id, info.tag, RolloutEvent.ABORT, actor=actor,
+                                    reason="; ".join(verdict.reasons))
+    return tripped or verdict
 
 
 def _gate_before_wave(store: ArtifactStore, info: RolloutInfo, wave: Wave, *, actor: str, wait_for_pause: bool,
@@ -125,6 +134,8 @@ def run_rollout(env: PipelineEnv, store: ArtifactStore, rollout_id: str, *, acto
             return _finish(store, rollout_id)
         say(f"wave {wave.index}: {len(wave.devices)} device(s), {wave.parallelism} at a time")
         verdict = _run_wave(env, store, info, wave, actor=actor, say=say, ssh_client_factory=ssh_client_factory)
+        if not verdict.abort and rollout_state(history, rollout_id) is RolloutState.HALTING:
+            verdict = WaveVerdict(True, ("the rollout was aborted during the wave",), verdict.finished, verdict.failed)
         if verdict.abort:
             reason = "; ".join(verdict.reasons)
             say(f"wave {wave.index}: abort criteria tripped ({reason}); halting")
