@@ -59,9 +59,10 @@ def rows() -> list[Row]:
                 out += _fidelity(dep.device_loader(spec, lab.transport), windows, rate, "")
             # Where the client-server gap at 100/s comes from: the client given a second core, then the
             # client at normal priority on the device's core (the old bench's set-up: 3.84 ms client vs
-            # 1.48 ms server on a busy host). Measured at a host load of 15: 1.40 vs 0.92 ms on a second
-            # core (the gap is not one core's), 15.2 vs 9.3 ms at normal priority with a send lag of 8 ms
-            # at p95: the host's other work, not the product's client.
+            # 1.48 ms server on a busy host). Measured at host loads of 8-15: on the device's core at real-time
+            # priority 0.66-0.77 ms apart, on a second core 0.48-0.81 ms (the gap is not the shared core's),
+            # at normal priority client p95 8.9-15.2 ms with a send lag of up to 8 ms at p95 and the server's
+            # own p95 up to 9.3 ms: the host's other work, not the product's client.
             two_cores = DeviceTransport(lab.prefix_on((1,), lab.realtime))
             out += _fidelity(dep.device_loader(spec, lambda: two_cores), windows, 100.0, " (client on a 2nd core)")
             normal = DeviceTransport(lab.prefix_on(lab.cpus, False))
