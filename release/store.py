@@ -214,15 +214,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def next_release_counter(store: ArtifactStore, channel: str) -> int:
-    """One more than the highest counter published on ``channel`` (1 for the first release)."""
-    from release.manifest import ReleaseManifest
-
-    highest = 0
-    for tag in store.list_published():
-        manifest = ReleaseManifest.from_json(store.get_bytes(tag, MANIFEST_NAME))
-        if manifest.channel == channel:
-            highest = max(highest, manifest.release_counter)
-    return highest + 1

@@ -3,7 +3,7 @@ import threading
 import pytest
 
 from release.errors import ArtifactExists, ArtifactNotFound, InvalidIdentifier
-from release.store import ArtifactStore, LocalArtifactStore, next_release_counter
+from release.store import ArtifactStore, LocalArtifactStore
 from tests.fixtures.manifests import make_manifest
 
 
@@ -86,11 +86,3 @@ def test_missing_artifact(store, tmp_path):
     with pytest.raises(ArtifactNotFound):
         store.put_file("v1", "a", tmp_path / "nope")
 
-
-def test_release_counter_is_monotonic_per_channel(store):
-    assert next_release_counter(store, "stable") == 1
-    store.publish("v1", make_manifest(release_tag="v1", release_counter=1).canonical_json())
-    store.publish("v2", make_manifest(release_tag="v2", release_counter=5).canonical_json())
-    store.publish("b1", make_manifest(release_tag="b1", release_counter=9, channel="beta").canonical_json())
-    assert next_release_counter(store, "stable") == 6
-    assert next_release_counter(store, "beta") == 10
