@@ -133,7 +133,7 @@ def roll_device(rollout: Mapping[str, Any], slot: int, device: str, context: Map
         return outcome.as_dict()
 
 
-def check_wave(rollout: Mapping[str, Any], slot: int, context: Mapping[str, Any]) -> dict[str, Any]:
+def check_wave(rollout: Mapping[str, Any] | None, slot: int, context: Mapping[str, Any]) -> dict[str, Any]:
     """After the wave's devices (trigger rule all_done): the abort criteria over everything finished so
     far; a device without an outcome (its task failed or was killed) counts as a failure, as in the
     CLI. Abort → halt: every touched device back on its own last-known-good, verified per device."""
@@ -144,6 +144,8 @@ def check_wave(rollout: Mapping[str, Any], slot: int, context: Mapping[str, Any]
     from release.rollout_run import _wave_done
     from release.states import RolloutEvent, RolloutState, advance_rollout, rollout_state
 
+    if not rollout:  # prepare failed: no rollout, nothing to check (ensure_safe fails the run)
+        return {"wave": slot, "present": False}
     with release_errors_as_airflow_failures():
         env, store = _env_store()
         rid = str(rollout["rollout_id"])
@@ -164,8 +166,8 @@ def check_wave(rollout: Mapping[str, Any], slot: int, context: Mapping[str, Any]
             reason = "; ".join(reasons)
             log.warning("wave %d: halting the rollout: %s", wave.index, reason)
             t0 = time.monotonic()
-            restored = halt(env, store, rid, actor=actor, reason=reason,
-                            ssh_client_factory=_factory_for_all(env, info))
+            _check_halt_reachable(env, info)
+            restored = halt(env, store, rid, actor=actor, reason=reason, ssh_client_factory=None)
             write_report(store, build_report(store, rid))
             return {"wave": wave.index, "halted": True, "reasons": reasons, "halt_s": round(time.monotonic() - t0, 3),
                     "restored": {r.device: r.restored_to for r in restored}}
@@ -176,10 +178,10 @@ def check_wave(rollout: Mapping[str, Any], slot: int, context: Mapping[str, Any]
         return {"wave": wave.index, "halted": False, "finished": verdict.finished, "failed": verdict.failed}
 
 
-def _factory_for_all(env: Any, info: Any) -> None:
-    """halt() takes one SSH factory for all devices: None lets each inventory device connect by itself
-    (host, key, known_hosts). Devices reached through Airflow connections would each need their own
-    factory, which halt() cannot take yet: refused with what to run instead."""
+def _check_halt_reachable(env: Any, info: Any) -> None:
+    """halt() takes one SSH factory for all devices; the DAG passes None, which lets each inventory device
+    connect by itself (host, key, known_hosts). Devices reached through Airflow connections would each
+    need their own factory, which halt() cannot take yet: refused with what to run instead."""
     from hailo_airflow.steps import ssh_client_factory_for
     from release.errors import InvalidInput
 
@@ -189,7 +191,7 @@ def _factory_for_all(env: Any, info: Any) -> None:
                            "halted from one task yet: run `hailo-release rollout halt` on a worker with their keys")
 
 
-def finish(rollout: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+def finish(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -> dict[str, Any]:
     """Record the rollout complete when every wave is done; write the report (JSON + latency PNG)."""
     from release.history import History
     from release.rollout import load_rollout
@@ -197,6 +199,10 @@ def finish(rollout: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, 
     from release.rollout_run import _wave_done
     from release.states import RolloutEvent, RolloutState, advance_rollout, rollout_state
 
+    if not rollout:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("the rollout was never started (prepare failed): no report")
     with release_errors_as_airflow_failures():
         _, store = _env_store()
         rid = str(rollout["rollout_id"])
@@ -232,8 +238,8 @@ def ensure_safe(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -
         actor = f"airflow:{_run_id(context)}"
         state = rollout_state(history, rid)
         if state is RolloutState.HALTING:
-            halt(env, store, rid, actor=actor, reason="ensure_safe: finishing an interrupted halt",
-                 ssh_client_factory=_factory_for_all(env, info))
+            _check_halt_reachable(env, info)
+            halt(env, store, rid, actor=actor, reason="ensure_safe: finishing an interrupted halt", ssh_client_factory=None)
             raise AirflowFailException(f"rollout {rid}: an interrupted halt was finished by ensure_safe")
         reconciled = []
         for name in (d for w in info.waves for d in w.devices):
