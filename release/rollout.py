@@ -14,10 +14,13 @@ Public API (everything reads its state from the store's history, never from proc
 - ``evaluate_wave(store, rollout_id, wave_index) -> WaveVerdict``: the abort criteria over what has
   finished so far (all waves up to ``wave_index``).
 - ``halt(env, store, rollout_id, *, actor, reason) -> list[RestoreResult]``: every device this
-  rollout touched back on its own prior last-known-good, in parallel, verified per device.
+  rollout touched back on its own prior last-known-good, in parallel, verified per device. The
+  abort is recorded the moment the criteria trip: a device still in its gate then restores itself
+  instead of committing, and no further device starts (``run_wave_device`` refuses).
 - ``approve(store, rollout_id, wave_index, *, actor)``: a human's approval of a wave that needs one.
 - ``release.rollout_run.run_rollout(env, store, rollout_id, *, actor, …) -> RolloutReport``: the whole
-  rollout, or the rest of it after a pause, an approval or an orchestrator restart (``rollout resume``).
+  rollout, or the rest of it after a pause, an approval or an orchestrator restart (``rollout resume``);
+  ``rollout_run.wave_done`` / ``ready_for_wave`` (approval given, pause over) for a scheduler's sensor.
 - ``release.rollout_report.build_report(store, rollout_id) -> RolloutReport`` (+ ``write_report``: JSON
   and per-device latency PNG in the store) and ``release.fleet.fleet_status`` for humans.
 """

@@ -37,7 +37,7 @@ from release.store import ArtifactStore
 EXIT_CODES = {RolloutState.COMPLETED.value: 0, RolloutState.HALTED.value: 10, RolloutState.WAITING.value: 12}
 
 
-def _wave_done(history: History, rollout_id: str, wave: Wave) -> bool:
+def wave_done(history: History, rollout_id: str, wave: Wave) -> bool:
     key = f"{rollout_id}:wave-{wave.index}"
     return any(r.idempotency_key == key for r in history.rollout_records(rollout_id))
 
@@ -81,7 +81,7 @@ def _run_wave(env: PipelineEnv, store: ArtifactStore, info: RolloutInfo, wave: W
     return tripped or verdict
 
 
-def _gate_before_wave(store: ArtifactStore, info: RolloutInfo, wave: Wave, *, actor: str, wait_for_pause: bool,
+def ready_for_wave(store: ArtifactStore, info: RolloutInfo, wave: Wave, *, actor: str, wait_for_pause: bool,
                       say: Say) -> bool:
     """True when the wave may start now: approval given, pause over (waiting recorded otherwise)."""
     history = History(store)
@@ -116,6 +116,10 @@ def _pause_until(history: History, rollout_id: str, wave_index: int) -> float:
     return float(record.detail["until"]) if record else 0.0
 
 
+# The names the Airflow DAG's steps imported first (plugins/hailo_airflow/fleet_steps.py).
+_wave_done, _gate_before_wave = wave_done, ready_for_wave
+
+
 def run_rollout(env: PipelineEnv, store: ArtifactStore, rollout_id: str, *, actor: str, say: Say = print,
                 ssh_client_factory: SshFactory = None, wait_for_pause: bool = True) -> RolloutReport:
     """Run (or resume) the rollout to its end, a wait (approval, pause), or a halt; write the report."""
@@ -128,9 +132,9 @@ def run_rollout(env: PipelineEnv, store: ArtifactStore, rollout_id: str, *, acto
     if state is not None and (state in ROLLOUT_TERMINAL or state is RolloutState.HALTING):
         return _finish(store, rollout_id)
     for wave in info.waves:
-        if _wave_done(history, rollout_id, wave):
+        if wave_done(history, rollout_id, wave):
             continue
-        if not _gate_before_wave(store, info, wave, actor=actor, wait_for_pause=wait_for_pause, say=say):
+        if not ready_for_wave(store, info, wave, actor=actor, wait_for_pause=wait_for_pause, say=say):
             return _finish(store, rollout_id)
         say(f"wave {wave.index}: {len(wave.devices)} device(s), {wave.parallelism} at a time")
         verdict = _run_wave(env, store, info, wave, actor=actor, say=say, ssh_client_factory=ssh_client_factory)
