@@ -1,6 +1,7 @@
 """`hailo-release rollout …` and `hailo-release fleet …`: the fleet rollout without Airflow.
 
-  rollout start --tag T --plan FILE (--group G | --selector k=v[,k=v]) [--production] [--no-wait]
+  rollout start --tag T --plan FILE [--group G | --selector k=v[,k=v]] [--production] [--no-wait]
+                             (no --group/--selector: the plan file's `target`)
   rollout resume ID          continue after a pause, an approval or an orchestrator restart
   rollout approve ID --wave N
   rollout status ID          the rollout report (from the store's history)
@@ -59,15 +60,19 @@ def _print_report(report: Any) -> int:
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
+    from release.errors import InvalidInput
     from release.progress import Progress
     from release.rollout import start_rollout
-    from release.rollout_plan import load_plan
+    from release.rollout_plan import load_plan, load_target
     from release.rollout_run import run_rollout
 
     env, store = _env_and_store()
     plan = load_plan(args.plan)
+    selector = _selector(args) if (args.group or args.selector) else load_target(args.plan)
+    if selector is None:
+        raise InvalidInput(f"no target: give --group or --selector, or a target in {args.plan}")
     _terminate_as_exit()
-    rollout_id = start_rollout(env, store, args.tag, plan, _selector(args), actor=_actor(), production=args.production)
+    rollout_id = start_rollout(env, store, args.tag, plan, selector, actor=_actor(), production=args.production)
     progress = Progress()
     progress.say(f"rollout {rollout_id} started")
     report = run_rollout(env, store, rollout_id, actor=_actor(), say=progress.say, wait_for_pause=not args.no_wait)
@@ -174,8 +179,9 @@ def register(sub: Any) -> None:
     rsub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
     p = rsub.add_parser("start", help="start a rollout of a promoted release and run it")
     p.add_argument("--tag", required=True, help="the promoted release to roll out")
-    p.add_argument("--plan", type=Path, required=True, help="rollout plan YAML (see docs/rollout.example.yaml)")
-    _add_target(p, required=True)
+    p.add_argument("--plan", type=Path, required=True,
+                   help="rollout plan YAML (docs/rollout.example.yaml, or the repository's release-plan.yaml)")
+    _add_target(p, required=False)  # default: the plan file's target
     p.add_argument("--production", action="store_true", help="refuse devices without pinned host keys")
     p.add_argument("--no-wait", action="store_true", help="return at a pause instead of sleeping through it")
     p.set_defaults(handler=_cmd_start)

@@ -19,13 +19,16 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from release.errors import ConfigError
+from release.errors import ConfigError, InvalidInput
 from release.gate_settings import GateSettings, settings_with_overrides
 from release.request import GATE_OVERRIDE_BOUNDS
+
+if TYPE_CHECKING:
+    from release.devices import Selector
 
 MAX_WAVES = 20
 MAX_PARALLELISM = 64
@@ -138,6 +141,29 @@ def parse_plan(raw: object, source: str = "rollout plan") -> RolloutPlan:
 
 
 def load_plan(path: Path) -> RolloutPlan:
+    """The plan in a YAML file; a ``target`` (group/selector, as in the repository's release plan) is
+    checked and left out: see ``load_target``."""
+    raw = _read(path)
+    load_target(path, raw)
+    return parse_plan({k: v for k, v in raw.items() if k != "target"}, f"rollout plan {path}")
+
+
+def load_target(path: Path, raw: dict[str, object] | None = None) -> Selector | None:
+    """The file's ``target: {group: G} | {selector: "k=v,..."}``, if it names one."""
+    from release.devices import Selector
+
+    target = (raw if raw is not None else _read(path)).get("target")
+    if target is None:
+        return None
+    if not isinstance(target, dict) or not set(target) <= {"group", "selector"}:
+        raise ConfigError(f"rollout plan {path}: target must be a mapping with group and/or selector")
+    try:
+        return Selector.parse(target.get("group"), target.get("selector"))
+    except InvalidInput as exc:
+        raise ConfigError(f"rollout plan {path}: target: {exc}") from None
+
+
+def _read(path: Path) -> dict[str, object]:
     import yaml
 
     try:
@@ -148,4 +174,4 @@ def load_plan(path: Path) -> RolloutPlan:
         raise ConfigError(f"rollout plan {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"rollout plan {path}: expected a mapping with 'waves', got {type(raw).__name__}")
-    return parse_plan(raw, f"rollout plan {path}")
+    return raw

@@ -64,6 +64,19 @@ def test_plan_file_errors_name_the_file(tmp_path):
         load_plan(tmp_path / "missing.yaml")
 
 
+def test_the_repositorys_release_plan_loads_with_its_target(tmp_path):
+    from release.rollout_plan import load_target
+
+    plan = load_plan(REPO / "release-plan.yaml")
+    assert plan.waves[-1].size == "100%"
+    assert load_target(REPO / "release-plan.yaml") is not None
+    assert load_target(REPO / "docs" / "rollout.example.yaml") is None
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("target: {group: 'No Such'}\nwaves: [{size: '100%'}]\n")
+    with pytest.raises(ConfigError, match="target"):
+        load_plan(bad)
+
+
 def test_the_example_plan_in_the_repo_is_valid():
     plan = load_plan(REPO / "docs" / "rollout.example.yaml")
     assert plan.waves[0].size == 1 and plan.waves[-1].size == "100%"
