@@ -3,6 +3,11 @@
 The password comes from the environment (AIRFLOW_PASSWORD), never from argv. Exit codes:
 0 promoted · 1 run failed · 2 bad params · 7 auth failed · 8 DAG paused · 10 rolled back ·
 11 held for a human (inconclusive gate) · 124 timed out while following.
+With --dag hailo_fleet_rollout: 0 completed · 1 failed · 10 halted (touched devices restored) ·
+12 waiting for a person's approval (the run goes on in Airflow) · 124 timed out while following.
+
+`hailo-release release-plan FILE` validates the repository's release plan and prints, one per line,
+`fleet=true|false` and `conf=<JSON>` (the fleet DAG's params without release_tag).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DAG = "hailo_canary_release"
+FLEET_DAG = "hailo_fleet_rollout"
 
 
 def register(sub: Any) -> None:
@@ -32,6 +38,19 @@ def register(sub: Any) -> None:
     p.add_argument("--poll", type=float, default=3.0)
     p.add_argument("--summary-file", type=Path, default=os.environ.get("GITHUB_STEP_SUMMARY") or None)
     p.set_defaults(handler=handle)
+
+    p = sub.add_parser("release-plan", help="validate the release plan (canary only, or canary then fleet)")
+    p.add_argument("plan_file", type=Path, help="e.g. release-plan.yaml")
+    p.set_defaults(handler=handle_release_plan)
+
+
+def handle_release_plan(args: argparse.Namespace) -> int:
+    from release.trigger_fleet import load_release_plan
+
+    fleet, conf = load_release_plan(args.plan_file)
+    print(f"fleet={'true' if fleet else 'false'}")
+    print(f"conf={json.dumps(conf, separators=(',', ':'), sort_keys=True)}")
+    return 0
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -53,6 +72,8 @@ def handle(args: argparse.Namespace) -> int:
         conf.setdefault("continuity_id", cid.value)
     run_id = cid.run_id(f"ci-{args.ci_run}")
     client = AirflowClient(args.airflow_url, args.user, password)
+    if args.dag == FLEET_DAG:
+        return _fleet(args, client, cid, run_id, conf)
     client.trigger(args.dag, run_id, conf, unpause=args.unpause)
     print(f"triggered {args.dag} run {run_id}")
     if args.no_follow:
@@ -66,3 +87,53 @@ def handle(args: argparse.Namespace) -> int:
         with open(args.summary_file, "a", encoding="utf-8") as fh:
             fh.write(text)
     return int(Outcome(outcome))
+
+
+def _earlier_attempts(cid: Any, ci_run: str) -> list[str]:
+    """Run ids of this CI run's earlier attempts, newest first (`--ci-run RUN-ATTEMPT`)."""
+    run, _, attempt = ci_run.rpartition("-")
+    if not run or not attempt.isdigit():
+        return []
+    return [cid.run_id(f"ci-{run}-{k}") for k in range(int(attempt) - 1, 0, -1)]
+
+
+def _fleet(args: argparse.Namespace, client: Any, cid: Any, run_id: str, conf: dict[str, Any]) -> int:
+    """The fleet rollout: a re-run of the CI job resumes the rollout an earlier attempt started."""
+    from release.trigger_fleet import (
+        FleetOutcome,
+        approval_wait,
+        collect_report,
+        fleet_outcome,
+        fleet_summary_markdown,
+        previous_rollout_id,
+    )
+
+    if not conf.get("rollout_id"):
+        earlier = previous_rollout_id(client, _earlier_attempts(cid, args.ci_run))
+        if earlier:
+            print(f"resuming rollout {earlier} (started by an earlier attempt of this CI run)")
+            conf["rollout_id"] = earlier
+    client.trigger(FLEET_DAG, run_id, conf, unpause=args.unpause)
+    print(f"triggered {FLEET_DAG} run {run_id}")
+    if args.no_follow:
+        return 0
+    plan = conf.get("plan") if isinstance(conf.get("plan"), dict) else None
+    waiting: list[int] = []
+
+    def stop(tasks: dict[str, str | None]) -> bool:
+        if not any(t.endswith(".ready") and s == "up_for_reschedule" for t, s in tasks.items()):
+            return False
+        wave = approval_wait(tasks, plan, client.xcom(FLEET_DAG, run_id, "prepare")) if plan else None
+        if wave is not None:
+            waiting.append(wave)
+        return wave is not None
+
+    state, _ = client.follow(FLEET_DAG, run_id, poll_s=args.poll, timeout_s=args.timeout, stop=stop)
+    report = collect_report(client, run_id)
+    outcome = fleet_outcome(state, report if report.get("state") else None)
+    text = fleet_summary_markdown(run_id, outcome, report, waiting[-1] if waiting else None)
+    print(text)
+    if args.summary_file:
+        with open(args.summary_file, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    return int(FleetOutcome(outcome))

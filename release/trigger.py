@@ -151,18 +151,40 @@ class AirflowClient:
         data: dict[str, Any] = resp.json()
         return data
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        resp = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        resp.raise_for_status()
-        return {ti["task_id"]: ti.get("state") for ti in resp.json().get("task_instances", [])}
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every task instance of the run, mapped ones one per map index (the API pages by 100)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            resp = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                                 params={"limit": 100, "offset": len(out)})
+            resp.raise_for_status()
+            page = resp.json().get("task_instances", [])
+            out += page
+            if len(page) < 100:
+                return out
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
-        resp = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        """State per task; a mapped task's instances are keyed `task[map_index]`, and the task itself
+        (`task`) takes the state of its last instance."""
+        states: dict[str, str | None] = {}
+        for ti in self.task_instances(dag_id, run_id):
+            index = ti.get("map_index", -1)
+            if index is not None and index >= 0:
+                states[f"{ti['task_id']}[{index}]"] = ti.get("state")
+            states[ti["task_id"]] = ti.get("state")
+        return states
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", *, map_index: int = -1) -> Any:
+        resp = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+                             params={"map_index": map_index})
         if resp.status_code != 200:
             return None
         return resp.json().get("value")
 
-    def follow(self, dag_id: str, run_id: str, *, poll_s: float = 3.0, timeout_s: float = 3600.0) -> tuple[str, dict[str, str | None]]:
+    def follow(self, dag_id: str, run_id: str, *, poll_s: float = 3.0, timeout_s: float = 3600.0,
+               stop: Callable[[dict[str, str | None]], bool] | None = None) -> tuple[str, dict[str, str | None]]:
+        """Poll until the run ends ("success" / "failed"), the deadline passes ("timeout") or
+        `stop(task states)` says to stop following a run that goes on by itself ("waiting")."""
         deadline = time.monotonic() + timeout_s
         seen: dict[str, str | None] = {}
         while True:
@@ -174,6 +196,8 @@ class AirflowClient:
             seen = tasks
             if state in ("success", "failed"):
                 return state, tasks
+            if stop is not None and stop(tasks):
+                return "waiting", tasks
             if time.monotonic() > deadline:
                 return "timeout", tasks
             time.sleep(poll_s)

@@ -109,7 +109,7 @@ def _self_hosted_jobs():
 def test_only_main_reaches_the_self_hosted_runners():
     jobs = list(_self_hosted_jobs())
     assert {(f, n) for f, n, _ in jobs} == {("release.yml", "canary"), ("release.yml", "attest"),
-                                            ("rollback.yml", "rollback")}
+                                            ("release.yml", "fleet"), ("rollback.yml", "rollback")}
     for fname, name, job in jobs:
         # A job condition, not a comment; and the fork check is gone (it says nothing about the code).
         assert MAIN_ONLY in job.get("if", ""), f"{fname}:{name} runs for any ref"
@@ -450,3 +450,107 @@ def test_rollback_step_records_the_triggering_actor(tmp_path):
     assert "triggered by oncall-bob" in conf["reason"] and "dispatched by alice" in conf["reason"]
     assert len(conf["reason"]) <= 500  # the hailo_rollback DAG's maxLength
     assert "oncall-bob" in summary.read_text()
+
+
+# --- the fleet after the canary, as release-plan.yaml says ----------------------------------------
+
+
+def _if(expr: str, ctx: dict[str, object]) -> bool:
+    """The part of GitHub's expression language the job conditions use: `lhs == 'literal'` joined by `&&`."""
+    for clause in expr.split("&&"):
+        lhs, _, rhs = (part.strip() for part in clause.partition("=="))
+        assert rhs.startswith("'") and rhs.endswith("'"), f"unexpected condition syntax: {clause}"
+        if str(_eval(lhs, ctx)) != rhs[1:-1]:
+            return False
+    return True
+
+
+def test_fleet_job_follows_a_promoted_canary_only_when_the_plan_says_fleet():
+    jobs = _wf("release.yml")["jobs"]
+    fleet, canary, plan = jobs["fleet"], jobs["canary"], jobs["plan"]
+    assert fleet["needs"] == ["plan", "canary"] and canary["needs"] == "plan"
+    assert fleet["runs-on"] == canary["runs-on"] and fleet["environment"] == canary["environment"] == "release"
+    assert set(fleet["permissions"]) == {"contents", "statuses", "pull-requests"}
+    assert fleet["permissions"]["contents"] == "read"
+    # The plan job reads only the checkout: GitHub-hosted, no secret, no environment, read-only.
+    assert plan["runs-on"].startswith("ubuntu-") and "secrets." not in yaml.safe_dump(plan)
+    assert "environment" not in plan and plan["permissions"] == {"contents": "read"}
+    main = {"ref": "refs/heads/main"}
+    ctx = {"github": main, "needs": {"canary": {"outputs": {"code": "0"}}, "plan": {"outputs": {"fleet": "true"}}}}
+    assert _if(fleet["if"], ctx)
+    canary_only = {**ctx, "needs": {**ctx["needs"], "plan": {"outputs": {"fleet": "false"}}}}
+    assert not _if(fleet["if"], canary_only)
+    for code in ("10", "11", "1", ""):  # rolled back, held, failed, never ran: no fleet
+        assert not _if(fleet["if"], {**ctx, "needs": {**ctx["needs"], "canary": {"outputs": {"code": code}}}})
+    assert not _if(fleet["if"], {**ctx, "github": {"ref": "refs/heads/feature"}})
+    # The trigger step gets the PR title, the promoted tag and the plan from earlier jobs, as env only.
+    step = _step(fleet, "Trigger hailo_fleet_rollout")
+    assert step["env"]["TAG"] == "${{ needs.canary.outputs.tag }}"
+    assert step["env"]["PLAN_CONF"] == "${{ needs.plan.outputs.conf }}"
+    assert canary["outputs"]["title"] == "${{ steps.pr.outputs.title }}"
+
+
+def _venv_python(work: Path) -> None:
+    venv = work / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(sys.executable)
+
+
+def _run_plan_step(tmp_path: Path, plan_text: str) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    step = _step(_wf("release.yml")["jobs"]["plan"], "Validate release-plan.yaml")
+    work = tmp_path / f"w{len(list(tmp_path.iterdir()))}"
+    work.mkdir()
+    _venv_python(work)
+    (work / "release-plan.yaml").write_text(plan_text)
+    output = work / "github_output"
+    output.touch()
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "GITHUB_OUTPUT": str(output)}
+    res = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=work, capture_output=True, text=True, env=env, timeout=60)
+    return res, _parse_github_output(output.read_text())
+
+
+def test_plan_step_reads_the_repository_plan_and_refuses_a_bad_one(tmp_path):
+    res, out = _run_plan_step(tmp_path, (REPO / "release-plan.yaml").read_text())
+    assert res.returncode == 0, res.stderr
+    conf = json.loads(out["conf"])
+    assert out["fleet"] == "true" and conf["group"] and conf["plan"]["waves"][-1]["size"] == "100%"
+    canary_only = yaml.safe_load((REPO / "release-plan.yaml").read_text()) | {"fleet": False}
+    res, out = _run_plan_step(tmp_path, yaml.safe_dump(canary_only))
+    assert res.returncode == 0 and out["fleet"] == "false", res.stderr
+    # A bad wave or target fails the job before anything is triggered, saying what is wrong.
+    bad_wave = canary_only | {"fleet": True, "waves": [{"size": 0}, {"size": "100%"}]}
+    res, out = _run_plan_step(tmp_path, yaml.safe_dump(bad_wave))
+    assert res.returncode == 2 and "wave 1 size" in res.stderr and "fleet" not in out
+    res, out = _run_plan_step(tmp_path, yaml.safe_dump(canary_only | {"fleet": True, "target": {"group": "Fleet A"}}))
+    assert res.returncode == 2 and "target" in res.stderr and "fleet" not in out
+    res, out = _run_plan_step(tmp_path, yaml.safe_dump(canary_only | {"fleet": True, "target": None}))
+    assert res.returncode == 2 and "target must be" in res.stderr
+
+
+@pytest.mark.parametrize(("code", "step_exit"), [(0, 0), (12, 0), (10, 10), (1, 1)])
+def test_fleet_trigger_step_passes_the_plan_and_a_deterministic_run(tmp_path, code, step_exit):
+    need_binary("jq")
+    step = _step(_wf("release.yml")["jobs"]["fleet"], "Trigger hailo_fleet_rollout")
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    record = tmp_path / "argv.json"
+    fake = venv / "python"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n"
+                    f"open('summary.md', 'w').write('| wave |')\nsys.exit({code})\n")
+    fake.chmod(0o755)
+    summary, output = tmp_path / "step_summary.md", tmp_path / "github_output"
+    output.touch()
+    plan_conf = json.dumps({"plan": {"waves": [{"size": "100%"}]}, "group": "fleet", "selector": None})
+    env = {"PATH": "/usr/bin:/bin", "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output),
+           "PR_TITLE": "-h ADR-0007-hailo-docker-2025-08-31", "PLAN_CONF": plan_conf, "TAG": "main-41",
+           "RUN_ID": "99", "RUN_ATTEMPT": "2", "AIRFLOW_PASSWORD": "x"}
+    res = subprocess.run(["bash", "-c", step["run"]], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == step_exit, res.stderr
+    argv = json.loads(record.read_text())
+    assert argv[:3] == ["-m", "release.cli", "trigger"] and "--dag=hailo_fleet_rollout" in argv
+    assert "--continuity-id=-h ADR-0007-hailo-docker-2025-08-31" in argv and "--ci-run=99-2" in argv
+    conf = json.loads(next(a for a in argv if a.startswith("--conf="))[len("--conf="):])
+    assert conf == {"plan": {"waves": [{"size": "100%"}]}, "group": "fleet", "selector": None,
+                    "release_tag": "main-41", "production": True}
+    assert _parse_github_output(output.read_text())["code"] == str(code)
+    assert "| wave |" in summary.read_text()
