@@ -32,6 +32,7 @@ def server(airflow_server_factory, tmp_path_factory):
     })
     srv.wait_for_dag("hailo_canary_release")
     srv.wait_for_dag("hailo_rollback")
+    srv.wait_for_dag("hailo_fleet_rollout")
     yield srv
     from release.local_sidecar import _stop
 
@@ -137,6 +138,34 @@ def test_lost_connection_is_retried_without_duplicate_runs(server):
     dead = AirflowClient("http://127.0.0.1:1", "u", "p", retries=2, backoff_s=0.1, say=lambda _: None)
     with pytest.raises(StepFailed, match="unreachable"):
         dead.token()
+
+
+def test_fleet_rollout_followed_through_the_api(server, tmp_path):
+    """The REST path of `--dag hailo_fleet_rollout` on a real run: a target with no enrolled device is
+    refused by `prepare` (nothing recorded), the run fails, and the trigger says so (exit 1) with a
+    summary; a re-run of the CI job (attempt 2) looks for attempt 1's rollout to resume and, finding
+    none started, starts its own run. (A halted or completed rollout's summary is rendered from real
+    reports in test_trigger_fleet.py: a whole rollout through this server would take minutes.)"""
+    summary = tmp_path / "summary.md"
+    conf = {"release_tag": "api-fleet-1", "group": "nobody", "production": False,
+            "plan": {"waves": [{"size": 1, "gate": {"duration_s": 5}}, {"size": "100%", "gate": {"duration_s": 5}}]}}
+    args = ("--dag", "hailo_fleet_rollout", "--continuity-id", "ADR-0007-hailo-docker-2025-08-31", "--conf",
+            json.dumps(conf), "--summary-file", str(summary))
+    res = _cli(server, *args, "--ci-run", "50-1")
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "prepare: failed" in res.stdout
+    text = summary.read_text()
+    assert "## Fleet rollout `ADR-0007-hailo-docker-2025-08-31__ci-50-1`: **failed**" in text
+    client = AirflowClient(server.url, server.username, server.password, say=lambda _: None)
+    states = client.task_states("hailo_fleet_rollout", "ADR-0007-hailo-docker-2025-08-31__ci-50-1")
+    assert states["prepare"] == "failed" and states["ensure_safe"] == "failed"
+    again = _cli(server, *args, "--ci-run", "50-2", "--no-follow")
+    assert again.returncode == 0 and "resuming" not in again.stdout, again.stdout + again.stderr
+    assert client.run("hailo_fleet_rollout", "ADR-0007-hailo-docker-2025-08-31__ci-50-2")
+    # A bad inline plan is refused by the API's params schema before a run exists (exit 2).
+    bad = _cli(server, "--dag", "hailo_fleet_rollout", "--continuity-id", "ADR-0007-hailo-docker-2025-08-31",
+               "--ci-run", "51-1", "--conf", json.dumps({**conf, "plan": {"waves": "all"}}))
+    assert bad.returncode == 2, bad.stdout + bad.stderr
 
 
 def test_outcome_mapping():

@@ -1,0 +1,80 @@
+"""The fleet rollout's job summary and outcome, rendered from real rollout reports: release.rollout on
+the local fleet (tests/fixtures/fleet_local.py: real sidecars, pi-3 crash-loops on bad-* releases).
+
+A fleet rollout through the Airflow API server would take minutes on the loaded CI box; the REST
+follow path of hailo_fleet_rollout runs for real in tests/release/test_trigger.py (a short run), and
+the whole DAG on the netns testbed in tests/dags/test_fleet_dag_e2e.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from release.devices import Selector
+from release.rollout import start_rollout
+from release.rollout_plan import parse_plan
+from release.rollout_run import run_rollout
+from release.trigger_fleet import FleetOutcome, approval_wait, fleet_outcome, fleet_summary_markdown
+from tests.fixtures.fleet_local import GATE, GROUP
+
+pytestmark = pytest.mark.e2e
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    """The per-wave table: wave number → its cells."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0].isdigit():
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_halted_rollout_summary_names_the_failed_device_and_the_halt_reason(local_fleet):
+    fleet = local_fleet
+    tag = fleet.canary("bad-trig")  # pi-3 crash-loops on bad-* releases; pi-3 is the first of rack r2
+    plan = parse_plan({"waves": [{"size": 1, "gate": GATE}, {"size": "100%", "gate": GATE, "parallelism": 3}],
+                       "abort": {"max_failure_rate": 0.2, "min_finished": 3, "any_failure_in_first": 1}})
+    rid = start_rollout(fleet.env, fleet.store, tag, plan, Selector.parse(None, "rack=r2"), actor="pytest")
+    report = run_rollout(fleet.env, fleet.store, rid, actor="pytest", say=lambda _m: None).as_dict()
+    assert report["state"] == "rollout_halted", report
+    outcome = fleet_outcome("success", report)  # a halt is a successful DAG run: the rollout's state decides
+    assert outcome is FleetOutcome.HALTED and int(outcome) == 10
+    text = fleet_summary_markdown("ADR-0007-hailo-docker-2025-08-31__ci-9-1", outcome, report)
+    assert "**halted**" in text and rid in text
+    rows = _rows(text)
+    assert rows["1"][1] == "pi-3" and rows["1"][3] == "pi-3" and rows["1"][6] == "**halted**", text
+    assert rows["2"][2] == "0" and rows["2"][6] == "not reached", text  # wave 2 never touched
+    assert re.search(r"`pi-3` \(wave 1\): rolled_back: \S", text), text
+    reason = "; ".join(report["abort_reasons"])
+    assert reason and f"halt reason: {reason}" in text
+
+
+def test_completed_rollout_summary_has_a_row_per_wave_with_p95(local_fleet):
+    report = local_fleet.base_report.as_dict()  # the fixture's 3-wave rollout of `base` to the group
+    outcome = fleet_outcome("success", report)
+    text = fleet_summary_markdown("r-base", outcome, report)
+    rows = _rows(text)
+    assert set(rows) == {"1", "2", "3"}, text
+    for cells in rows.values():
+        assert cells[5].endswith(" ms"), text  # worst p95 of the wave's gated devices
+    assert outcome is FleetOutcome.COMPLETED or any("rolled_back" in line for line in text.splitlines()), text
+    assert "halt reason" not in text
+    assert GROUP
+
+
+def test_outcomes_without_a_report_and_the_approval_wait():
+    assert fleet_outcome("failed", None) is FleetOutcome.FAILED  # prepare refused: no rollout, no report
+    assert fleet_outcome("timeout", None) is FleetOutcome.TIMEOUT
+    assert fleet_outcome("success", {"state": "rollout_completed"}) is FleetOutcome.COMPLETED
+    assert fleet_outcome("failed", {"state": "rollout_completed"}) is FleetOutcome.FAILED  # ensure_safe failed
+    plan = {"waves": [{"size": 1}, {"size": "50%", "approval": False}, {"size": "100%", "approval": True}]}
+    prepared = {"rollout_id": "r", "waves": [{"index": 1, "devices": ["a"]}, {"index": 3, "devices": ["b", "c"]}]}
+    # Slot 2 runs plan wave 3 (wave 2 added no device): its sensor waits for a person.
+    assert approval_wait({"wave_2.ready": "up_for_reschedule"}, plan, prepared) == 3
+    assert approval_wait({"wave_1.ready": "up_for_reschedule"}, plan, prepared) is None  # a pause, not a person
+    assert approval_wait({"wave_2.ready": "running"}, plan, prepared) is None
+    text = fleet_summary_markdown("run-1", fleet_outcome("waiting", None), {"rollout_id": "r", "waves": []}, 3)
+    assert "**waiting for approval**" in text and "hailo-release rollout approve r --wave 3" in text
