@@ -164,7 +164,9 @@ def run_device(
         return done  # finished in an earlier run of this rollout: never redone
     settings = plan_wave.settings()
     lease_s = settings.lease_s()
-    fleet_lock.acquire(store, spec.name, rollout_id, lease_s + LOCK_MARGIN_S, wait_s=lease_s + 2 * LOCK_MARGIN_S)
+    # Wait for another rollout's lifecycle on this device (at most its lock's hold), never fail on it.
+    wait_s = lock_wait_s or (lease_s + 2 * LOCK_MARGIN_S)
+    fleet_lock.acquire(store, spec.name, rollout_id, lease_s + LOCK_MARGIN_S, wait_s=wait_s)
     try:
         reconcile_device(env, store, tag, spec, rollout_id, actor=actor, ssh_client_factory=ssh_client_factory)
         attempt = _attempt_records(history, tag, spec.name, rollout_id)[0] + 1
