@@ -8,6 +8,7 @@ the whole DAG on the netns testbed in tests/dags/test_fleet_dag_e2e.py.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -78,3 +79,23 @@ def test_outcomes_without_a_report_and_the_approval_wait():
     assert approval_wait({"wave_2.ready": "running"}, plan, prepared) is None
     text = fleet_summary_markdown("run-1", fleet_outcome("waiting", None), {"rollout_id": "r", "waves": []}, 3)
     assert "**waiting for approval**" in text and "hailo-release rollout approve r --wave 3" in text
+
+
+@pytest.mark.airflow
+def test_the_repository_plan_is_accepted_by_the_fleet_dags_params():
+    """What the plan job outputs, plus the tag the fleet job adds, passes the DAG's params schema (the
+    REST API's check) and the worker's second check (parse_fleet_params): the same objects the CLI builds."""
+    pytest.importorskip("airflow.sdk")
+    from airflow.sdk import Param
+    from hailo_airflow.fleet_params import FLEET_PARAMS, parse_fleet_params
+
+    from release.trigger_fleet import RELEASE_PLAN_FILE, load_release_plan
+    from tests.fixtures.fleet_local import REPO
+
+    fleet, conf = load_release_plan(REPO / RELEASE_PLAN_FILE)
+    assert fleet is True
+    conf = {**json.loads(json.dumps(conf)), "release_tag": "main-41", "production": True}
+    for name, spec in FLEET_PARAMS.items():
+        Param(**spec).resolve(conf.get(name, spec.get("default")))
+    params = parse_fleet_params(conf)
+    assert params.selector == Selector.parse(conf["group"], conf["selector"]) and params.plan.waves[-1].size == "100%"
