@@ -212,13 +212,6 @@ class DeployResult:
     status: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class RollbackResult:
-    target: str
-    from_tag: str | None
-    time_to_healthy_s: float
-    status: dict[str, Any]
-
 
 def deploy_canary(
     transport: Transport, device: DeviceSpec, bundle_dir: Path, tag: str, public_key: Path, lease_s: float
@@ -238,11 +231,3 @@ def deploy_canary(
     activate(transport, device, tag, lease_s)
     t_act = time.monotonic()
     return DeployResult(tag, t_up - t0, t_act - t_up, time.monotonic() - t0, status(transport, device))
-
-
-def rollback_to_healthy(transport: Transport, device: DeviceSpec, to: str | None, expect_hef: str | None = None) -> RollbackResult:
-    """Roll back and time it from the command to the target answering healthy (checked by the agent)."""
-    t0 = time.monotonic()
-    reply = rollback(transport, device, to, expect_hef)
-    elapsed = time.monotonic() - t0
-    return RollbackResult(str(reply.body["rolled_back_to"]), reply.body.get("from"), elapsed, status(transport, device))

@@ -280,16 +280,3 @@ def _fail_safe(history: History, spec: DeviceSpec, tag: str, rollout_id: str, at
                          f"last-known-good by itself and `hailo-release rollout resume {rollout_id}` records it") from error
     advance_on_device(history, tag, spec.name, ReleaseEvent.STEP_FAILED, rollout_id=rollout_id, attempt=attempt,
                       actor=actor, reason=why, detail=restored)
-
-
-def wait_healthy_on(spec: DeviceSpec, tag: str | None, timeout_s: float, ssh_client_factory: SshFactory = None) -> float:
-    """Seconds until the device's agent reports ``tag`` current and committed with no lease."""
-    t0 = time.monotonic()
-    while True:
-        with connected(spec, ssh_client_factory) as transport:
-            view = dep.status(transport, spec)
-        if view.get("current") == tag and view.get("committed") == tag and not view.get("lease"):
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout_s:
-            raise StepFailed(f"device {spec.name} did not settle on {tag} within {timeout_s:.0f}s: {view}")
-        time.sleep(0.5)

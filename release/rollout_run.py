@@ -116,9 +116,6 @@ def _pause_until(history: History, rollout_id: str, wave_index: int) -> float:
     return float(record.detail["until"]) if record else 0.0
 
 
-# The names the Airflow DAG's steps imported first (plugins/hailo_airflow/fleet_steps.py).
-_wave_done, _gate_before_wave = wave_done, ready_for_wave
-
 
 def run_rollout(env: PipelineEnv, store: ArtifactStore, rollout_id: str, *, actor: str, say: Say = print,
                 ssh_client_factory: SshFactory = None, wait_for_pause: bool = True) -> RolloutReport:

@@ -165,12 +165,6 @@ def advance(
 DEVICE_START = S.MANIFEST_WRITTEN  # a fleet device starts where a canary starts: signed, not yet deployed
 
 
-def device_state(history: History, tag: str, device: str, rollout_id: str, attempt: int | None = None) -> ReleaseState | None:
-    """The state of ``tag`` on ``device`` in ``rollout_id`` (its latest attempt unless one is named)."""
-    own = [r for r in history.device_records(tag, device, rollout_id)
-           if attempt is None or r.detail.get("attempt") == attempt]
-    return ReleaseState(own[-1].to_state) if own else None
-
 
 def advance_on_device(
     history: History, tag: str, device: str, event: ReleaseEvent, *, rollout_id: str, attempt: int, actor: str,

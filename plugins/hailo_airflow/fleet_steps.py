@@ -72,7 +72,7 @@ def wave_ready(rollout: Mapping[str, Any], slot: int, context: Mapping[str, Any]
     store's approval record (`hailo-release rollout approve ID --wave N`) or the pause's end."""
     from release.history import History
     from release.rollout import load_rollout
-    from release.rollout_run import _gate_before_wave, _wave_done
+    from release.rollout_run import ready_for_wave, wave_done
     from release.states import RolloutState, rollout_state
 
     with release_errors_as_airflow_failures():
@@ -84,10 +84,10 @@ def wave_ready(rollout: Mapping[str, Any], slot: int, context: Mapping[str, Any]
         wave = info.waves[slot - 1]
         history = History(store)
         state = rollout_state(history, rid)
-        if state not in (RolloutState.RUNNING, RolloutState.WAITING) or _wave_done(history, rid, wave):
+        if state not in (RolloutState.RUNNING, RolloutState.WAITING) or wave_done(history, rid, wave):
             log.info("wave %d: nothing to start (rollout %s)", wave.index, state.value if state else "unknown")
             return True, []
-        ready = _gate_before_wave(store, info, wave, actor=f"airflow:{_run_id(context)}", wait_for_pause=False,
+        ready = ready_for_wave(store, info, wave, actor=f"airflow:{_run_id(context)}", wait_for_pause=False,
                                   say=log.info)
         return ready, list(wave.devices) if ready else []
 
@@ -141,7 +141,7 @@ def check_wave(rollout: Mapping[str, Any] | None, slot: int, context: Mapping[st
     from release.rollout import evaluate_wave, halt, load_rollout
     from release.rollout_device import outcome_from_history
     from release.rollout_report import build_report, write_report
-    from release.rollout_run import _wave_done
+    from release.rollout_run import wave_done
     from release.states import RolloutEvent, RolloutState, advance_rollout, rollout_state
 
     if not rollout:  # prepare failed: no rollout, nothing to check (ensure_safe fails the run)
@@ -155,7 +155,7 @@ def check_wave(rollout: Mapping[str, Any] | None, slot: int, context: Mapping[st
         wave = info.waves[slot - 1]
         history = History(store)
         state = rollout_state(history, rid)
-        if state is not RolloutState.RUNNING or _wave_done(history, rid, wave):
+        if state is not RolloutState.RUNNING or wave_done(history, rid, wave):
             return {"wave": wave.index, "state": state.value if state else None, "checked": False}
         verdict = evaluate_wave(store, rid, wave.index)
         missing = [d for d in wave.devices
@@ -196,7 +196,7 @@ def finish(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -> dic
     from release.history import History
     from release.rollout import load_rollout
     from release.rollout_report import build_report, write_report
-    from release.rollout_run import _wave_done
+    from release.rollout_run import wave_done
     from release.states import RolloutEvent, RolloutState, advance_rollout, rollout_state
 
     if not rollout:
@@ -208,7 +208,7 @@ def finish(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -> dic
         rid = str(rollout["rollout_id"])
         info = load_rollout(store, rid)
         history = History(store)
-        if rollout_state(history, rid) is RolloutState.RUNNING and all(_wave_done(history, rid, w) for w in info.waves):
+        if rollout_state(history, rid) is RolloutState.RUNNING and all(wave_done(history, rid, w) for w in info.waves):
             advance_rollout(history, rid, info.tag, RolloutEvent.COMPLETE, actor=f"airflow:{_run_id(context)}",
                             reason=f"all {len(info.waves)} waves done")
         report = write_report(store, build_report(store, rid))

@@ -237,9 +237,10 @@ def test_deploy_canary_and_timed_rollback_over_ssh(testbed, two_releases, ssh_tr
         second = dep.deploy_canary(t, device, v2, "v2", testbed.public_key, LEASE_S)
         assert second.status == {**second.status, "current": "v2", "committed": "v1", "healthy": True}
         assert second.total_s >= second.upload_s + second.activate_s > 0
-        back = dep.rollback_to_healthy(t, device, None)  # the device's own committed release
-        assert (back.target, back.from_tag, back.status["current"]) == ("v1", "v2", "v1")
-        assert back.status["healthy"] is True and back.time_to_healthy_s > 0
+        back = dep.rollback(t, device, None)  # the device's own committed release
+        assert (back.body["rolled_back_to"], back.body.get("from")) == ("v1", "v2")
+        view = dep.status(t, device)
+        assert view["current"] == "v1" and view["healthy"] is True
         assert _health(device)["hef_sha256"] == _manifest(v1)["hef"]["hef_sha256"]
     finally:
         t.close()

@@ -179,7 +179,7 @@ def test_knobs_slow_crash_driver_mismatch_and_healthz_identity(fleet):
     # Rolled back to its last-known-good, the crashing device serves v1 unmodified again.
     t = fleet.transport("pi-03")
     try:
-        dep.rollback_to_healthy(t, fleet.spec("pi-03"), "fleet-v1")
+        dep.rollback(t, fleet.spec("pi-03"), "fleet-v1")
     finally:
         t.close()
     assert fleet.healthz("pi-03")["config_version"] == "cfg-fleet-v1"
