@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -64,9 +63,7 @@ EXIT_LOCKED, EXIT_PREFLIGHT = device_checks.EXIT_LOCKED, device_checks.EXIT_PREF
 EXIT_UNHEALTHY, EXIT_USAGE, LKG = device_checks.EXIT_UNHEALTHY, device_checks.EXIT_USAGE, device_checks.LKG
 Checks = device_checks.Checks
 AgentError, check_tag = device_checks.AgentError, device_checks.check_tag
-crash_point, fsync_dir, lock, write_atomic = (
-    device_checks.crash_point, device_checks.fsync_dir, device_checks.lock, device_checks.write_atomic
-)
+crash_point, lock = device_checks.crash_point, device_checks.lock
 
 __all__ = ["EXIT_FAIL", "EXIT_INTEGRITY", "EXIT_LEASE", "EXIT_LOCKED", "EXIT_PREFLIGHT", "EXIT_UNHEALTHY", "EXIT_USAGE",
            "AgentError", "check_tag", "main"]
@@ -77,66 +74,6 @@ class Agent(Checks):
         self.releases = root / "releases"
         cfg_path = root / "agent.json"
         self.cfg: dict[str, Any] = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-
-    # -- pointers, lease, journal, events ---------------------------------------------------
-    def pointer(self, name: str) -> str | None:
-        link = self.root / name
-        return Path(os.readlink(link)).name if link.is_symlink() else None
-
-    def set_pointer(self, name: str, tag: str | None) -> None:
-        link = self.root / name
-        if tag is None:
-            link.unlink(missing_ok=True)
-            fsync_dir(self.root)
-            return
-        tmp = self.root / f".{name}.tmp"
-        tmp.unlink(missing_ok=True)
-        os.symlink(Path("releases") / tag, tmp)
-        os.replace(tmp, link)  # rename(2) over the old link: atomic
-        fsync_dir(self.root)
-
-    def _read_json(self, name: str) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads((self.root / name).read_text())
-            return data
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            # A torn write means the operation it announces never started (it is written first).
-            return {"op": "unknown"}
-
-    def journal(self) -> dict[str, Any] | None:
-        return self._read_json("journal.json")
-
-    def lease(self) -> dict[str, Any] | None:
-        return self._read_json("lease.json")
-
-    def write_json(self, name: str, entry: dict[str, Any]) -> None:
-        write_atomic(self.root / name, json.dumps(entry).encode())
-
-    def remove(self, name: str) -> None:
-        (self.root / name).unlink(missing_ok=True)
-        fsync_dir(self.root)
-
-    def event(self, event: str, tag: str | None, detail: str, **extra: Any) -> None:
-        line = json.dumps({"at": time.time(), "event": event, "tag": tag, "detail": detail, **extra})
-        with open(self.root / "events.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def events(self, limit: int = 50) -> list[dict[str, Any]]:
-        try:
-            lines = (self.root / "events.jsonl").read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines[-limit:]:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line after a power cut
-        return out
 
     # -- health, start, stop ------------------------------------------------------------------
     def wait_healthy(self, manifest: dict[str, Any], timeout: float) -> tuple[bool, str]:

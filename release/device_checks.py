@@ -1,5 +1,6 @@
-"""The device agent's checks and helpers: tag grammar, signature and checksum verification, the
-Hailo preflight, bundle staging, durable writes and the agent lock.
+"""The device agent's files and checks: pointers, lease, journal and events on disk, tag grammar,
+signature and checksum verification, the Hailo preflight, bundle staging, durable writes and the
+agent lock.
 
 Standard library only, shipped beside device_agent.py into the agent's bin/ on the device; it must
 not import anything from the `release` package.
@@ -82,11 +83,72 @@ def lock(root: Path, timeout: float) -> Any:
 
 
 class Checks:
-    """What the agent checks before it touches a pointer; mixed into the Agent."""
+    """The agent's files (pointers, lease, journal, events) and what it checks before it touches a
+    pointer; mixed into the Agent."""
 
     root: Path
     releases: Path
     cfg: dict[str, Any]
+
+    # -- pointers, lease, journal, events ---------------------------------------------------
+    def pointer(self, name: str) -> str | None:
+        link = self.root / name
+        return Path(os.readlink(link)).name if link.is_symlink() else None
+
+    def set_pointer(self, name: str, tag: str | None) -> None:
+        link = self.root / name
+        if tag is None:
+            link.unlink(missing_ok=True)
+            fsync_dir(self.root)
+            return
+        tmp = self.root / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(Path("releases") / tag, tmp)
+        os.replace(tmp, link)  # rename(2) over the old link: atomic
+        fsync_dir(self.root)
+
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads((self.root / name).read_text())
+            return data
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            # A torn write means the operation it announces never started (it is written first).
+            return {"op": "unknown"}
+
+    def journal(self) -> dict[str, Any] | None:
+        return self._read_json("journal.json")
+
+    def lease(self) -> dict[str, Any] | None:
+        return self._read_json("lease.json")
+
+    def write_json(self, name: str, entry: dict[str, Any]) -> None:
+        write_atomic(self.root / name, json.dumps(entry).encode())
+
+    def remove(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+        fsync_dir(self.root)
+
+    def event(self, event: str, tag: str | None, detail: str, **extra: Any) -> None:
+        line = json.dumps({"at": time.time(), "event": event, "tag": tag, "detail": detail, **extra})
+        with open(self.root / "events.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def events(self, limit: int = 50) -> list[dict[str, Any]]:
+        try:
+            lines = (self.root / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines[-limit:]:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line after a power cut
+        return out
 
     # -- commands as configuration ------------------------------------------------------------
     def run_configured(self, key: str, values: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str] | None:
