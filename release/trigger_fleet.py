@@ -108,6 +108,7 @@ def collect_report(client: AirflowClient, run_id: str) -> dict[str, Any]:
     out: dict[str, Any] = dict(report) if isinstance(report, dict) else {}
     if isinstance(prepared, dict):
         out.setdefault("rollout_id", prepared.get("rollout_id"))
+        out.setdefault("tag", prepared.get("tag"))
         out.setdefault("skipped", prepared.get("skipped") or {})
         if "waves" not in out:
             out["waves"] = [{"wave": w["index"], "devices": w["devices"], "outcomes": {}} for w in prepared.get("waves") or []]
@@ -133,31 +134,36 @@ def _p95(values: list[float]) -> str:
 
 
 def _wave_rows(report: dict[str, Any], halted: bool) -> list[str]:
+    """One row per wave. Counts come from the wave's outcomes in the store's history (the report's
+    `outcomes`), so a resumed run, whose device tasks had nothing to do, reports them too; failed device
+    names and p95 come from the per-device outcomes where the run has them."""
     rows = []
     by_wave: dict[int, list[dict[str, Any]]] = {}
     for d in report.get("devices") or []:
         by_wave.setdefault(int(d.get("wave", 0)), []).append(d)
-    restored = {r["device"] for r in report.get("restored") or []}
     for wave in report.get("waves") or []:
         index, names = int(wave["wave"]), list(wave.get("devices") or [])
         outcomes = by_wave.get(index, [])
-        passed = [d for d in outcomes if d.get("status") in PASSED]
-        failed = [d for d in outcomes if d.get("status") in FAILED]
-        skipped = [d for d in outcomes if d.get("status") == "skipped"]
+        counts: dict[str, int] = dict(wave.get("outcomes") or {})
+        if not counts:
+            for d in outcomes:
+                counts[str(d.get("status"))] = counts.get(str(d.get("status")), 0) + 1
+        passed = sum(counts.get(k, 0) for k in PASSED)
+        failed_names = [d["device"] for d in outcomes if d.get("status") in FAILED]
+        failed = max(len(failed_names), sum(counts.get(k, 0) for k in FAILED))
         p95 = [float(d["p95_ms"]) for d in outcomes if isinstance(d.get("p95_ms"), int | float)]
-        counts = wave.get("outcomes") or {}
-        if not outcomes and counts.get("untouched", len(names)) == len(names) and not wave.get("done"):
+        if sum(v for k, v in counts.items() if k != "untouched") == 0 and not wave.get("done"):
             verdict = "not reached" if halted else "not started"
         elif failed and halted:
             verdict = "**halted**"
-        elif halted and restored & set(names):
+        elif halted and counts.get("halted"):
             verdict = "restored by the halt"
         elif failed:
             verdict = "failures within the abort criteria"
         else:
             verdict = "passed"
-        rows.append(f"| {index} | {', '.join(names)} | {len(passed)} | "
-                    f"{', '.join(d['device'] for d in failed) or 0} | {len(skipped)} | {_p95(p95)} | {verdict} |")
+        rows.append(f"| {index} | {', '.join(names)} | {passed} | {', '.join(failed_names) or failed} | "
+                    f"{counts.get('skipped', 0)} | {_p95(p95)} | {verdict} |")
     return rows
 
 
@@ -185,7 +191,8 @@ def fleet_summary_markdown(run_id: str, outcome: FleetOutcome, report: dict[str,
         lines.append(f"- halt reason: {'; '.join(report.get('abort_reasons') or []) or 'unknown'}")
     for r in report.get("restored") or []:
         healthy = r.get("time_to_healthy_s")
-        lines.append(f"- `{r['device']}` restored to `{r.get('restored_to')}` by the halt"
+        to = f"`{r['restored_to']}`" if r.get("restored_to") else "nothing (it had no last-known-good)"
+        lines.append(f"- `{r['device']}` restored to {to} by the halt"
                      + (f" (healthy after {float(healthy):.1f} s)" if isinstance(healthy, int | float) else ""))
     return "\n".join(lines).rstrip() + "\n"
 

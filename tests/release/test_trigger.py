@@ -16,7 +16,9 @@ import pytest
 import requests
 
 from release.errors import ArtifactNotFound, InvalidInput, StepFailed
+from release.history import History
 from release.trigger import AirflowClient, AuthFailed, DagPaused, Outcome, outcome_of
+from tests.fixtures.fleet_local import GATE, LocalFleet
 from tests.fixtures.testbed import free_port
 
 pytestmark = [pytest.mark.airflow, pytest.mark.e2e]
@@ -24,11 +26,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def server(airflow_server_factory, tmp_path_factory):
-    root = tmp_path_factory.mktemp("trigger-pipeline")
+def fleet_root(tmp_path_factory):
+    """The server's pipeline root is a local fleet's (tests/fixtures/fleet_local.py): the canary DAG
+    uses the `local` device as before, the fleet DAG the fleet's inventory (pi-3 crash-loops on bad-*)."""
+    fleet = LocalFleet(tmp_path_factory.mktemp("trigger-pipeline"))
+    yield fleet
+    fleet.bed.stop_sidecars()
+
+
+@pytest.fixture(scope="module")
+def server(airflow_server_factory, fleet_root):
+    root = fleet_root.bed.root
     srv = airflow_server_factory(REPO / "dags", {
         "HAILO_PIPELINE_ROOT": str(root), "HAILO_LOCAL_SIDECAR_PORT": str(free_port()),
-        "PYTHONPATH": f"{REPO / 'plugins'}{os.pathsep}{REPO}",
+        "HAILO_DEVICES_FILE": str(fleet_root.devices_file), "PYTHONPATH": f"{REPO / 'plugins'}{os.pathsep}{REPO}",
     })
     srv.wait_for_dag("hailo_canary_release")
     srv.wait_for_dag("hailo_rollback")
@@ -140,31 +151,43 @@ def test_lost_connection_is_retried_without_duplicate_runs(server):
         dead.token()
 
 
-def test_fleet_rollout_followed_through_the_api(server, tmp_path):
-    """The REST path of `--dag hailo_fleet_rollout` on a real run: a target with no enrolled device is
-    refused by `prepare` (nothing recorded), the run fails, and the trigger says so (exit 1) with a
-    summary; a re-run of the CI job (attempt 2) looks for attempt 1's rollout to resume and, finding
-    none started, starts its own run. (A halted or completed rollout's summary is rendered from real
-    reports in test_trigger_fleet.py: a whole rollout through this server would take minutes.)"""
+def _wave_row(text: str, wave: int) -> list[str]:
+    line = next(x for x in text.splitlines() if x.startswith(f"| {wave} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_fleet_rollout_followed_through_the_api(server, fleet_root, tmp_path):
+    """`--dag hailo_fleet_rollout` on real runs: a halting rollout's outcome (exit 10) and per-wave
+    summary from the run's XComs (report, each mapped roll_device, check): the failed device, the halt
+    reason, wave 2 not reached. Attempt 2 of the same CI run resumes that rollout (rollout_id) and
+    redoes nothing. A target without enrolled devices fails in prepare (exit 1); a bad plan is refused
+    by the API (exit 2)."""
+    tag = fleet_root.canary("bad-api")  # pi-3 (first of rack r2) crash-loops on bad-* releases
+    conf = {"release_tag": tag, "selector": "rack=r2", "production": False,
+            "plan": {"waves": [{"size": 1, "gate": GATE}, {"size": "100%", "gate": GATE, "parallelism": 3}],
+                     "abort": {"max_failure_rate": 0.2, "min_finished": 3, "any_failure_in_first": 1}}}
+    cid = "ADR-0007-hailo-docker-2025-08-31"
+    args = ("--dag", "hailo_fleet_rollout", "--continuity-id", cid, "--conf", json.dumps(conf))
     summary = tmp_path / "summary.md"
-    conf = {"release_tag": "api-fleet-1", "group": "nobody", "production": False,
-            "plan": {"waves": [{"size": 1, "gate": {"duration_s": 5}}, {"size": "100%", "gate": {"duration_s": 5}}]}}
-    args = ("--dag", "hailo_fleet_rollout", "--continuity-id", "ADR-0007-hailo-docker-2025-08-31", "--conf",
-            json.dumps(conf), "--summary-file", str(summary))
-    res = _cli(server, *args, "--ci-run", "50-1")
-    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "prepare: failed" in res.stdout
+    res = _cli(server, *args, "--ci-run", "50-1", "--summary-file", str(summary))
+    assert res.returncode == 10, res.stdout[-3000:] + res.stderr[-3000:]
     text = summary.read_text()
-    assert "## Fleet rollout `ADR-0007-hailo-docker-2025-08-31__ci-50-1`: **failed**" in text
-    client = AirflowClient(server.url, server.username, server.password, say=lambda _: None)
-    states = client.task_states("hailo_fleet_rollout", "ADR-0007-hailo-docker-2025-08-31__ci-50-1")
-    assert states["prepare"] == "failed" and states["ensure_safe"] == "failed"
-    again = _cli(server, *args, "--ci-run", "50-2", "--no-follow")
-    assert again.returncode == 0 and "resuming" not in again.stdout, again.stdout + again.stderr
-    assert client.run("hailo_fleet_rollout", "ADR-0007-hailo-docker-2025-08-31__ci-50-2")
-    # A bad inline plan is refused by the API's params schema before a run exists (exit 2).
-    bad = _cli(server, "--dag", "hailo_fleet_rollout", "--continuity-id", "ADR-0007-hailo-docker-2025-08-31",
-               "--ci-run", "51-1", "--conf", json.dumps({**conf, "plan": {"waves": "all"}}))
+    assert f"## Fleet rollout `{cid}__ci-50-1`: **halted**" in text, text
+    assert _wave_row(text, 1)[1:4] == ["pi-3", "0", "pi-3"] and _wave_row(text, 1)[6] == "**halted**", text
+    assert _wave_row(text, 2)[6] == "not reached", text
+    assert "`pi-3` (wave 1): rolled_back:" in text and "halt reason: a failure among the first 1" in text, text
+    history = History(fleet_root.store)
+    for name in ("pi-4", "pi-5", "pi-6"):
+        assert not [r for r in history.for_device(name) if r.release_tag == tag]
+    before = len(history.records())
+    again = _cli(server, *args, "--ci-run", "50-2")  # a re-run of the CI job
+    assert again.returncode == 10 and "resuming rollout" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    assert len(History(fleet_root.store).records()) == before  # nothing redone, nothing recorded
+    nobody = _cli(server, "--dag", "hailo_fleet_rollout", "--continuity-id", cid, "--ci-run", "51-1",
+                  "--conf", json.dumps({**conf, "selector": None, "group": "nobody"}))
+    assert nobody.returncode == 1 and "prepare: failed" in nobody.stdout and "**failed**" in nobody.stdout
+    bad = _cli(server, "--dag", "hailo_fleet_rollout", "--continuity-id", cid, "--ci-run", "52-1",
+               "--conf", json.dumps({**conf, "plan": {"waves": "all"}}))
     assert bad.returncode == 2, bad.stdout + bad.stderr
 
 
