@@ -275,16 +275,20 @@ def _restore_one(env: PipelineEnv, store: ArtifactStore, info: RolloutInfo, devi
 
 
 def halt(env: PipelineEnv, store: ArtifactStore, rollout_id: str, *, actor: str, reason: str,
-         ssh_client_factory: SshFactory = None) -> list[RestoreResult]:
+         ssh_client_factory: SshFactory = None,
+         factory_for: Callable[[str], SshFactory] | None = None) -> list[RestoreResult]:
     """Restore every device this rollout committed to its own prior last-known-good, in parallel;
-    devices not yet reached stay untouched. Records the rollout ``halted`` once all are verified."""
+    devices not yet reached stay untouched. Records the rollout ``halted`` once all are verified.
+    ``factory_for(device)`` gives each device its own SSH client factory (Airflow: the device's
+    connection, if it has one); otherwise every device uses ``ssh_client_factory``."""
     info = load_rollout(store, rollout_id)
     history = History(store)
     if rollout_state(history, rollout_id) in (RolloutState.RUNNING, RolloutState.WAITING):
         advance_rollout(history, rollout_id, info.tag, RolloutEvent.ABORT, actor=actor, reason=reason)
     touched = [o.device for o in _outcomes(store, info, len(info.plan.waves)) if o.status != "already"]
     with cf.ThreadPoolExecutor(max_workers=max(1, len(touched))) as pool:
-        futures = [pool.submit(_restore_one, env, store, info, d, actor, reason, ssh_client_factory) for d in touched]
+        futures = [pool.submit(_restore_one, env, store, info, d, actor, reason,
+                               factory_for(d) if factory_for else ssh_client_factory) for d in touched]
         results = [f.result() for f in futures]
     unverified = [r.device for r in results if not r.verified]
     if unverified:

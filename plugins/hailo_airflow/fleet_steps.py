@@ -166,8 +166,7 @@ def check_wave(rollout: Mapping[str, Any] | None, slot: int, context: Mapping[st
             reason = "; ".join(reasons)
             log.warning("wave %d: halting the rollout: %s", wave.index, reason)
             t0 = time.monotonic()
-            _check_halt_reachable(env, info)
-            restored = halt(env, store, rid, actor=actor, reason=reason, ssh_client_factory=None)
+            restored = halt(env, store, rid, actor=actor, reason=reason, factory_for=_device_factories(env))
             write_report(store, build_report(store, rid))
             return {"wave": wave.index, "halted": True, "reasons": reasons, "halt_s": round(time.monotonic() - t0, 3),
                     "restored": {r.device: r.restored_to for r in restored}}
@@ -178,17 +177,12 @@ def check_wave(rollout: Mapping[str, Any] | None, slot: int, context: Mapping[st
         return {"wave": wave.index, "halted": False, "finished": verdict.finished, "failed": verdict.failed}
 
 
-def _check_halt_reachable(env: Any, info: Any) -> None:
-    """halt() takes one SSH factory for all devices; the DAG passes None, which lets each inventory device
-    connect by itself (host, key, known_hosts). Devices reached through Airflow connections would each
-    need their own factory, which halt() cannot take yet: refused with what to run instead."""
+def _device_factories(env: Any) -> Any:
+    """Each device's own SSH client factory for a halt: its Airflow connection's hook if it has one
+    (ssh_conn_id), else None (the device connects by itself: host, key, pinned known_hosts)."""
     from hailo_airflow.steps import ssh_client_factory_for
-    from release.errors import InvalidInput
 
-    through_connections = [d for w in info.waves for d in w.devices if ssh_client_factory_for(env, d) is not None]
-    if through_connections:
-        raise InvalidInput(f"devices reached through Airflow connections ({', '.join(through_connections)}) cannot be "
-                           "halted from one task yet: run `hailo-release rollout halt` on a worker with their keys")
+    return lambda device: ssh_client_factory_for(env, device)
 
 
 def finish(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,14 +232,15 @@ def ensure_safe(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -
         actor = f"airflow:{_run_id(context)}"
         state = rollout_state(history, rid)
         if state is RolloutState.HALTING:
-            _check_halt_reachable(env, info)
-            halt(env, store, rid, actor=actor, reason="ensure_safe: finishing an interrupted halt", ssh_client_factory=None)
+            halt(env, store, rid, actor=actor, reason="ensure_safe: finishing an interrupted halt",
+                 factory_for=_device_factories(env))
             raise AirflowFailException(f"rollout {rid}: an interrupted halt was finished by ensure_safe")
         reconciled = []
         for name in (d for w in info.waves for d in w.devices):
             own = history.device_records(info.tag, name, rid)
             if own and ReleaseState(own[-1].to_state) in ON_DEVICE:
-                reconcile_device(env, store, info.tag, inventory(env).get(name), rid, actor=actor)
+                reconcile_device(env, store, info.tag, inventory(env).get(name), rid, actor=actor,
+                                 ssh_client_factory=_device_factories(env)(name))
                 reconciled.append(name)
         state = rollout_state(History(store), rid)
         if reconciled:

@@ -72,6 +72,18 @@ def test_inventory_ssh_conn_id_uses_the_hook(monkeypatch, sshd_server, tmp_path)
     finally:
         client.close()
     assert ssh_client_factory_for(PipelineEnv.from_env(), "local") is None
+    # The fleet DAG's halt gets the same per-device factories: the hook for a device behind a
+    # connection, None (its own host/key/known_hosts) for the others.
+    from hailo_airflow.fleet_steps import _device_factories
+
+    factories = _device_factories(PipelineEnv.from_env())
+    assert factories("local") is None
+    client = factories("pi-hook")()
+    try:
+        _, out, _ = client.exec_command("echo halt-ok")
+        assert out.read().decode().strip() == "halt-ok"
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize(
