@@ -89,7 +89,7 @@ def test_smoke_fails_on_null_or_non_finite_outputs(server):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from hailo_sidecar import smoke
+    from tests.fixtures import sidecar_smoke as smoke
 
     port, _ = server
     assert smoke.check(f"http://127.0.0.1:{port}", None, "cfg-srv", 12, 10) == []
