@@ -224,6 +224,8 @@ def exchange(base_url: str, method: str, path: str, *, body: bytes | None, timeo
         return {"error": f"{method} {path}: no complete answer within {timeout_s:g} s"}
     conn.close()
     result = outcome[0]
+    if isinstance(result, TimeoutError):  # the socket's own timeout fired just before join() returned: the same event
+        return {"error": f"{method} {path}: no complete answer within {timeout_s:g} s"}
     if isinstance(result, Exception):
         return {"error": f"{method} {path}: {describe(result)}"}
     status, data = result

@@ -81,6 +81,8 @@ def http_exchange(
         raise ProbeError(f"{method} {path}: no complete answer within {timeout_s:g} s")
     conn.close()
     result = outcome[0]
+    if isinstance(result, TimeoutError):  # the socket's own timeout fired just before join() returned: the same event
+        raise ProbeError(f"{method} {path}: no complete answer within {timeout_s:g} s")
     if isinstance(result, Exception):
         raise ProbeError(f"{method} {path}: {describe(result)}")
     status, data = result
