@@ -143,7 +143,7 @@ def parse_plan(raw: object, source: str = "rollout plan") -> RolloutPlan:
 def load_plan(path: Path) -> RolloutPlan:
     """The plan in a YAML file; a ``target`` (group/selector, as in the repository's release plan) is
     checked and left out: see ``load_target``."""
-    raw = _read(path)
+    raw = read_plan_mapping(path)
     load_target(path, raw)
     return parse_plan({k: v for k, v in raw.items() if k != "target"}, f"rollout plan {path}")
 
@@ -152,7 +152,7 @@ def load_target(path: Path, raw: dict[str, object] | None = None) -> Selector | 
     """The file's ``target: {group: G} | {selector: "k=v,..."}``, if it names one."""
     from release.devices import Selector
 
-    target = (raw if raw is not None else _read(path)).get("target")
+    target = (raw if raw is not None else read_plan_mapping(path)).get("target")
     if target is None:
         return None
     if not isinstance(target, dict) or not set(target) <= {"group", "selector"}:
@@ -163,15 +163,18 @@ def load_target(path: Path, raw: dict[str, object] | None = None) -> Selector | 
         raise ConfigError(f"rollout plan {path}: target: {exc}") from None
 
 
-def _read(path: Path) -> dict[str, object]:
+def read_plan_mapping(path: Path, what: str = "rollout plan", expected: str | None = None) -> dict[str, object]:
+    """The YAML mapping in ``path``; ConfigError naming ``what`` when it is unreadable or not a mapping
+    (``expected`` replaces the default description of what the mapping should hold)."""
     import yaml
 
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read rollout plan {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"rollout plan {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"rollout plan {path}: expected a mapping with 'waves', got {type(raw).__name__}")
+        expected = expected or f"expected a mapping with 'waves', got {type(raw).__name__}"
+        raise ConfigError(f"{what} {path}: {expected}")
     return raw

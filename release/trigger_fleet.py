@@ -41,19 +41,11 @@ class FleetOutcome(IntEnum):
 def load_release_plan(path: Path) -> tuple[bool, dict[str, Any]]:
     """(fleet after the canary?, the hailo_fleet_rollout conf without release_tag). ConfigError names
     the problem: unreadable file, bad YAML, a bad wave, a bad or missing target."""
-    import yaml
 
     from release.devices import Selector
-    from release.rollout_plan import parse_plan
+    from release.rollout_plan import parse_plan, read_plan_mapping
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read release plan {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"release plan {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"release plan {path}: expected a mapping with 'waves' and 'target'")
+    raw = read_plan_mapping(path, "release plan", "expected a mapping with 'waves' and 'target'")
     target = raw.pop("target", None)
     plan = parse_plan(raw, f"release plan {path}")
     if not plan.fleet:
