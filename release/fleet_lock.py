@@ -5,22 +5,29 @@ The lock is a chain of create-only records in the store, one chain per device
 generation with ``acquire``; to give it back, the next one with ``release``. Of two writers racing
 for a generation exactly one wins (a local hard link, or GCS ``ifGenerationMatch=0``), so the
 lock works between processes and hosts with nothing but the store. An ``acquire`` carries an
-expiry: an owner that died (SIGKILL) stops blocking the device once it passes — by then the
-device's own lease has restored its last-known-good. The same owner (a resumed rollout) may
-take its own lock again. A second rollout WAITS for the device; it does not fail.
+expiry, which the living owner keeps pushing forward (``renewed``: a new ``acquire`` generation
+every quarter of the hold); an owner that died (SIGKILL, a lost host) stops renewing and stops
+blocking the device one hold after its last renewal — by then the device's own lease has restored
+its last-known-good. The same owner (a resumed rollout) may take its own lock again. A second
+rollout WAITS for the device; it does not fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import logging
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from release.errors import LockHeld
 from release.identifiers import DeviceName
 from release.store import ArtifactStore
 
+log = logging.getLogger(__name__)
 STREAM = "device-locks"
 POLL_S = 0.5
 
@@ -93,3 +100,40 @@ def release(store: ArtifactStore, device: str, owner: str) -> None:
             return
         if _write(store, device, state.generation + 1, "release", owner, 0):
             return
+
+
+def renew(store: ArtifactStore, device: str, owner: str, hold_s: float) -> bool:
+    """Push the expiry of a lock this owner holds to ``hold_s`` from now; False if it is not ours
+    (any more): released, or expired and taken by another owner."""
+    while True:
+        state = read_lock(store, device)
+        if state.action != "acquire" or state.owner != owner:
+            return False
+        if _write(store, device, state.generation + 1, "acquire", owner, hold_s):
+            return True
+
+
+@contextlib.contextmanager
+def renewed(store: ArtifactStore, device: str, owner: str, hold_s: float, *, every_s: float | None = None
+            ) -> Iterator[None]:
+    """Keep an acquired lock while the block runs (renewed every ``every_s``, a quarter of the hold
+    by default, from a daemon thread), and give it back after. A renewal the store refuses is
+    retried at the next tick: the expiry written last still stands until then."""
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(every_s or hold_s / 4):
+            try:
+                if not renew(store, device, owner, hold_s):
+                    return
+            except Exception as exc:  # a store hiccup: the expiry written last stands; try again next tick
+                log.warning("lock %s: renewal failed (%s: %s); retrying", device, type(exc).__name__, exc)
+
+    keeper = threading.Thread(target=keep, name=f"lock-{device}", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+        release(store, device, owner)

@@ -237,12 +237,18 @@ def evaluate_wave(store: ArtifactStore, rollout_id: str, wave_index: int) -> Wav
 
 
 # -- halt -------------------------------------------------------------------------------------
+# A restore is one rollback (a health wait, seconds) under the device lock, renewed while it runs;
+# it waits for a racing rollout's lifecycle on the device to end first (its upload and lease).
+RESTORE_LOCK_HOLD_S = 120.0
+RESTORE_LOCK_WAIT_S = 900.0
+
+
 def _restore_one(env: PipelineEnv, store: ArtifactStore, info: RolloutInfo, device: str, actor: str, reason: str,
                  ssh_client_factory: SshFactory) -> RestoreResult:
     history = History(store)
     spec = inventory(env).get(device)
-    fleet_lock.acquire(store, device, info.rollout_id, 600, wait_s=900)
-    try:
+    fleet_lock.acquire(store, device, info.rollout_id, RESTORE_LOCK_HOLD_S, wait_s=RESTORE_LOCK_WAIT_S)
+    with fleet_lock.renewed(store, device, info.rollout_id, RESTORE_LOCK_HOLD_S):
         # A device left mid-lifecycle (dead orchestrator): record what it did by itself first.
         reconcile_device(env, store, info.tag, spec, info.rollout_id, actor=actor, ssh_client_factory=ssh_client_factory)
         records = history.device_records(info.tag, device, info.rollout_id)
@@ -270,8 +276,6 @@ def _restore_one(env: PipelineEnv, store: ArtifactStore, info: RolloutInfo, devi
                           detail={"restored": to, "restored_hef_sha256": hef, "seconds": round(seconds, 3), "halt": True})
         return RestoreResult(device, to, hef, round(seconds, 3), verified,
                              f"device reports {view.get('current')} / {view.get('current_hef_sha256')}")
-    finally:
-        fleet_lock.release(store, device, info.rollout_id)
 
 
 def halt(env: PipelineEnv, store: ArtifactStore, rollout_id: str, *, actor: str, reason: str,
@@ -285,7 +289,8 @@ def halt(env: PipelineEnv, store: ArtifactStore, rollout_id: str, *, actor: str,
     history = History(store)
     if rollout_state(history, rollout_id) in (RolloutState.RUNNING, RolloutState.WAITING):
         advance_rollout(history, rollout_id, info.tag, RolloutEvent.ABORT, actor=actor, reason=reason)
-    touched = [o.device for o in _outcomes(store, info, len(info.plan.waves)) if o.status != "already"]
+    # A preflight skip never left its release and an 'already' device was never deployed to: not touched.
+    touched = [o.device for o in _outcomes(store, info, len(info.plan.waves)) if o.status not in ("already", "skipped")]
     with cf.ThreadPoolExecutor(max_workers=max(1, len(touched))) as pool:
         futures = [pool.submit(_restore_one, env, store, info, d, actor, reason,
                                factory_for(d) if factory_for else ssh_client_factory) for d in touched]

@@ -36,9 +36,14 @@ SshFactory = Callable[[], Any] | None
 # restored by the rollout's halt.
 Status = Literal["promoted", "rolled_back", "failed", "skipped", "already", "interrupted", "halted"]
 GATE_STREAM = "rollout-gates"
-# A lifecycle is the upload (seconds to minutes on a Pi's link) plus the lease; the lock outlives
-# both so a slow upload never lets a second rollout in, yet a dead owner stops blocking eventually.
-LOCK_MARGIN_S = 600.0
+# The device lock is renewed while its owner lives (fleet_lock.renewed, every quarter of the hold),
+# so a slow upload never lets a second rollout in. Its hold covers what a dead owner may have left
+# on the device: the activation's health wait plus the lease, and a missed renewal or two; after
+# that the device's own lease has restored it, and another rollout may go on.
+LOCK_MARGIN_S = 60.0
+# How long a rollout waits for another one's lifecycle on a device before it counts as failed there:
+# that lifecycle's upload (minutes on a Pi's link) and lease.
+LOCK_WAIT_MARGIN_S = 1200.0
 
 
 @dataclass(frozen=True)
@@ -164,10 +169,11 @@ def run_device(
         return done  # finished in an earlier run of this rollout: never redone
     settings = plan_wave.settings()
     lease_s = settings.lease_s()
-    # Wait for another rollout's lifecycle on this device (at most its lock's hold), never fail on it.
-    wait_s = lock_wait_s or (lease_s + 2 * LOCK_MARGIN_S)
-    fleet_lock.acquire(store, spec.name, rollout_id, lease_s + LOCK_MARGIN_S, wait_s=wait_s)
-    try:
+    # Wait for another rollout's lifecycle on this device (its upload and lease), never fail on it early.
+    wait_s = lock_wait_s or (lease_s + LOCK_WAIT_MARGIN_S)
+    hold_s = spec.health_timeout_s + lease_s + LOCK_MARGIN_S
+    fleet_lock.acquire(store, spec.name, rollout_id, hold_s, wait_s=wait_s)
+    with fleet_lock.renewed(store, spec.name, rollout_id, hold_s):
         reconcile_device(env, store, tag, spec, rollout_id, actor=actor, ssh_client_factory=ssh_client_factory)
         attempt = _attempt_records(history, tag, spec.name, rollout_id)[0] + 1
         lkg = history.last_known_good(spec.name)
@@ -175,8 +181,6 @@ def run_device(
             return DeviceOutcome(spec.name, wave_index, "already", f"{tag} is already committed on the device", 0, runs=tag)
         return _lifecycle(env, store, history, rollout_id, tag, spec, wave_index, attempt, settings, lkg,
                           on_preflight_failure, actor, ssh_client_factory)
-    finally:
-        fleet_lock.release(store, spec.name, rollout_id)
 
 
 def _lifecycle(

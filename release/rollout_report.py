@@ -34,8 +34,11 @@ def build_report(store: ArtifactStore, rollout_id: str) -> RolloutReport:
     waves = []
     for wave in info.waves:
         outcomes = [outcome_from_history(history, info.tag, name, rollout_id, wave.index) for name in wave.devices]
-        devices += [o for o in outcomes if o is not None]
         done = next((r for r in own if r.event == RolloutEvent.WAVE_DONE.value and r.detail.get("wave") == wave.index), None)
+        if done is not None:  # a device of a finished wave with no lifecycle in it ran the release already
+            outcomes = [o if o is not None else _already(history, info.tag, name, wave.index)
+                        for o, name in zip(outcomes, wave.devices, strict=True)]
+        devices += [o for o in outcomes if o is not None]
         counts: dict[str, int] = {}
         for o in outcomes:
             key = o.status if o is not None else "untouched"
@@ -52,6 +55,15 @@ def build_report(store: ArtifactStore, rollout_id: str) -> RolloutReport:
     abort = [r.reason for r in own if r.event == RolloutEvent.ABORT.value]
     return RolloutReport(rollout_id, info.tag, state.value if state else "unknown", waves, devices, info.skipped,
                          restored, abort)
+
+
+def _already(history: History, tag: str, device: str, wave: int) -> DeviceOutcome | None:
+    """The device's 'already' outcome: nothing recorded by this rollout (run_device records nothing
+    for a device that has the release committed), and the release is its last-known-good."""
+    lkg = history.last_known_good(device)
+    if lkg is None or lkg[0] != tag:
+        return None
+    return DeviceOutcome(device, wave, "already", f"{tag} is already committed on the device", 0, runs=tag)
 
 
 def _plot_png(store: ArtifactStore, report: RolloutReport) -> bytes:

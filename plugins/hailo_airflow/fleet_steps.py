@@ -24,7 +24,7 @@ from hailo_airflow.errors import release_errors_as_airflow_failures
 
 log = logging.getLogger(__name__)
 SLOT_POLL_S = 0.5
-SLOT_MARGIN_S = 600.0  # a wave slot outlives the device's upload + lease (as the device lock does)
+SLOT_MARGIN_S = 120.0  # renewed while the task lives (fleet_lock.renewed); a killed worker's slot frees one lease + this later
 
 
 def _run_id(context: Mapping[str, Any]) -> str:
@@ -122,13 +122,11 @@ def roll_device(rollout: Mapping[str, Any], slot: int, device: str, context: Map
             return {"device": device, "wave": wave.index, "status": "not_started",
                     "reason": f"abort criteria tripped before it started: {'; '.join(verdict.reasons)}"}
         owner = f"{rid}/{device}"
-        lock = _take_wave_slot(store, rid, wave.index, wave.parallelism, owner,
-                               plan_wave.settings().lease_s() + SLOT_MARGIN_S)
-        try:
+        hold_s = plan_wave.settings().lease_s() + SLOT_MARGIN_S
+        lock = _take_wave_slot(store, rid, wave.index, wave.parallelism, owner, hold_s)
+        with fleet_lock.renewed(store, lock, owner, hold_s):
             outcome = run_wave_device(env, store, rid, info.tag, device, wave.index, actor=f"airflow:{_run_id(context)}",
                                       ssh_client_factory=ssh_client_factory_for(env, device))
-        finally:
-            fleet_lock.release(store, lock, owner)
         log.info("%s: %s (%s)", device, outcome.status, outcome.reason)
         return outcome.as_dict()
 

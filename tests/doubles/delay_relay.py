@@ -40,6 +40,7 @@ class DelayRelay:
             asyncio.start_server(self._handle, listen_host, 0), self._loop).result(10)
         self.host = listen_host
         self.port = int(self._server.sockets[0].getsockname()[1])
+        self.connections = 0  # accepted so far: a test asks whether anything reached the device at all
 
     def one_way_s(self) -> float:
         d = self.delay_s + self._rng.uniform(-self.jitter_s, self.jitter_s)
@@ -48,6 +49,7 @@ class DelayRelay:
         return d
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
