@@ -116,7 +116,12 @@ def collect_report(client: AirflowClient, run_id: str) -> dict[str, Any]:
             if isinstance(value, dict) and value.get("halted"):
                 restored += [{"device": d, "restored_to": to} for d, to in (value.get("restored") or {}).items()]
                 out.setdefault("abort_reasons", value.get("reasons") or [])
-    out["devices"] = sorted(devices, key=lambda d: (d.get("wave", 0), d["device"]))
+    # The report's per-device outcomes come from the store's history, so they cover devices whose tasks
+    # this run skipped (a resumed run); a device task's own XCom fills in what an older report lacks.
+    by_device = {d["device"]: d for d in out.get("devices") or [] if isinstance(d, dict) and d.get("device")}
+    for d in devices:
+        by_device.setdefault(d["device"], d)
+    out["devices"] = sorted(by_device.values(), key=lambda d: (d.get("wave", 0), d["device"]))
     out.setdefault("restored", restored)
     return out
 

@@ -205,7 +205,8 @@ def finish(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -> dic
                             reason=f"all {len(info.waves)} waves done")
         report = write_report(store, build_report(store, rid))
         return {"rollout_id": rid, "state": report.state, "report_uri": report.report_uri, "plot_uri": report.plot_uri,
-                "waves": report.waves, "abort_reasons": report.abort_reasons}
+                "waves": report.waves, "abort_reasons": report.abort_reasons,
+                "devices": [d.as_dict() for d in report.devices]}  # the history's: also for a resumed run's skipped tasks
 
 
 def ensure_safe(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -> dict[str, Any]:

@@ -144,7 +144,12 @@ def test_orchestrator_killed_mid_wave_leases_restore_and_resume_finishes(fleet_l
     leased = {n: float(_lease(lab, n)["deadline"]) for n in FLEET if _lease(lab, n).get("tag") == v2}
     assert leased, "no device held v2 under a lease at the kill"
     deadline = time.monotonic() + GATE["duration_s"] + GATE["lease_margin_s"] + 60
-    while any(_lease(lab, n) for n in leased) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        held = {n: _lease(lab, n) for n in leased}
+        # The deadline first covers start-up (health time-out + lease), then moves to healthy + lease.
+        leased.update({n: float(lease["deadline"]) for n, lease in held.items() if lease})
+        if not any(held.values()):
+            break
         time.sleep(0.2)
     restored_s = time.monotonic() - killed_at
     late_s = time.time() - max(leased.values())

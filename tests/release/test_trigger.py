@@ -180,8 +180,11 @@ def test_fleet_rollout_followed_through_the_api(server, fleet_root, tmp_path):
     for name in ("pi-4", "pi-5", "pi-6"):
         assert not [r for r in history.for_device(name) if r.release_tag == tag]
     before = len(history.records())
-    again = _cli(server, *args, "--ci-run", "50-2")  # a re-run of the CI job
+    rerun_summary = tmp_path / "rerun-summary.md"
+    again = _cli(server, *args, "--ci-run", "50-2", "--summary-file", str(rerun_summary))  # a re-run of the CI job
     assert again.returncode == 10 and "resuming rollout" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    text = rerun_summary.read_text()  # its device tasks had nothing to do: the names come from the history
+    assert "`pi-3` (wave 1): rolled_back:" in text and _wave_row(text, 1)[1:4] == ["pi-3", "0", "pi-3"], text
     assert len(History(fleet_root.store).records()) == before  # nothing redone, nothing recorded
     nobody = _cli(server, "--dag", "hailo_fleet_rollout", "--continuity-id", cid, "--ci-run", "51-1",
                   "--conf", json.dumps({**conf, "selector": None, "group": "nobody"}))
