@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +34,10 @@ from release.errors import IntegrityError, StepFailed
 from release.store import MANIFEST_NAME, ArtifactStore
 
 STREAM = "history"
+# Every counter is reserved here first with a create-only record (``counters/<n>.json``): one
+# reservation wins per number, so two processes or hosts (a group rollback beside a decision beside a
+# build) never publish two entries under one counter.
+COUNTER_STREAM = "counters"
 GENESIS = "0" * 64
 APPEND_ATTEMPTS = 50
 # Records whose `to_state` makes their tag (or their `detail.restored`) the device's committed release.
@@ -95,19 +100,17 @@ class History:
     def append(self, *, new_counter: bool = False, **fields: Any) -> HistoryRecord:
         """Append one record (seq, time and hashes are filled in). With ``idempotency_key`` set, a
         record already carrying that key is returned instead of writing a second one. With
-        ``new_counter`` the record allocates the next release counter, inside the same optimistic
-        append, so two writers racing for the same seq can never take the same counter either."""
+        ``new_counter`` the record takes a newly reserved release counter (``allocate_counter``), so
+        two writers can never take the same counter, whichever of them wins the seq."""
         key = fields.get("idempotency_key")
-        published = self._published_counter() if new_counter else 0
         for _ in range(APPEND_ATTEMPTS):
             records = self.records()
             if key is not None:
                 for existing in records:
                     if existing.idempotency_key == key:
                         return existing
-            if new_counter:
-                used = (max(r.release_counter or 0, int(r.detail.get("entry_counter") or 0)) for r in records)
-                fields["release_counter"] = max(published, *used, 0) + 1
+            if new_counter and "release_counter" not in fields:  # reserved once, kept across seq retries
+                fields["release_counter"] = self.allocate_counter()
             prev = records[-1] if records else None
             record = HistoryRecord(
                 seq=(prev.seq + 1) if prev else 1, at=dt.datetime.now(dt.UTC),
@@ -151,10 +154,22 @@ class History:
         return highest
 
     def next_counter(self) -> int:
-        """One more than any counter ever allocated, used by an entry, or published: never reused,
-        even for a crashed candidate."""
+        """One more than any counter ever reserved, allocated, used by an entry, or published: never
+        reused, even for a crashed candidate."""
         used = (max(r.release_counter or 0, int(r.detail.get("entry_counter") or 0)) for r in self.records())
-        return max(self._published_counter(), *used, 0) + 1
+        reserved = (int(n[:-5]) for n in self.store.list_records(COUNTER_STREAM) if n[:-5].isdigit())
+        return max(self._published_counter(), *used, *reserved, 0) + 1
+
+    def allocate_counter(self) -> int:
+        """A counter nobody else gets, across threads, processes and hosts: the next free one,
+        reserved with a create-only record (the loser of a race takes the next number)."""
+        # A body of its own: a store treats a create that finds its own bytes as won (a retried
+        # upload whose response was lost), so identical bodies would let two writers both win.
+        body = json.dumps({"reservation": uuid.uuid4().hex, "at": dt.datetime.now(dt.UTC).isoformat()}).encode()
+        n = self.next_counter()
+        while not self.store.create_record(f"{COUNTER_STREAM}/{_name(n)}", body):
+            n += 1
+        return n
 
     def for_device(self, device: str) -> list[HistoryRecord]:
         """The per-device ledger: every record about this device, oldest first."""

@@ -7,7 +7,6 @@ None of them needs Airflow: the CLI and the DAGs call the same functions.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from release.bundle_signing import BundleSigner
 
 SshFactory = Callable[[], Any] | None
-_ENTRY_LOCK = threading.Lock()
 Decision = Literal["approve", "reject"]
 
 
@@ -104,17 +102,16 @@ def rollback_device(
         dep.install_agent(transport, spec, pub)
         reply = dep.rollback(transport, spec, target, expect_hef=hef)
     seconds = time.monotonic() - t0
-    with _ENTRY_LOCK:  # a group rollback runs devices in threads: one counter per entry
-        counter = history.next_counter()
-        detail = {"restored": target, "restored_hef_sha256": hef, "seconds": round(seconds, 3), "entry_counter": counter}
-        if from_tag is not None and from_tag != target:
-            advance_for_device(history, from_tag, device, ReleaseEvent.ROLLBACK, actor=triggered_by, reason=reason,
-                               detail=detail)
-        rb_tag = ReleaseTag(f"{target}-rb{counter}").value
-        base = verified.published or verified.candidate
-        uri = _entry(store, env, base, rb_tag, counter, kind="rollback", points_to_release_tag=target,
-                     state=ReleaseState.ROLLED_BACK, previous_release_tag=reply.body.get("from"),
-                     steps=(StepRecord(name="rollback", status="real", reason=reason, duration_s=round(seconds, 3)),))
+    counter = history.allocate_counter()  # a group rollback runs devices in threads and processes
+    detail = {"restored": target, "restored_hef_sha256": hef, "seconds": round(seconds, 3), "entry_counter": counter}
+    if from_tag is not None and from_tag != target:
+        advance_for_device(history, from_tag, device, ReleaseEvent.ROLLBACK, actor=triggered_by, reason=reason,
+                           detail=detail)
+    rb_tag = ReleaseTag(f"{target}-rb{counter}").value
+    base = verified.published or verified.candidate
+    uri = _entry(store, env, base, rb_tag, counter, kind="rollback", points_to_release_tag=target,
+                 state=ReleaseState.ROLLED_BACK, previous_release_tag=reply.body.get("from"),
+                 steps=(StepRecord(name="rollback", status="real", reason=reason, duration_s=round(seconds, 3)),))
     return {"device": device, "rolled_back_to": target, "from": reply.body.get("from"),
             "seconds_to_healthy": round(seconds, 3), "rollback_manifest": uri}
 
@@ -158,7 +155,7 @@ def decide_held(
             detail = restore_last_known_good(history, spec, transport)
             note = f"restored {detail['restored'] or 'nothing'} in {detail['seconds']:.1f}s"
     seconds = time.monotonic() - t0
-    counter = history.next_counter()
+    counter = history.allocate_counter()
     advance(history, tag, event, actor=decided_by, device=device, reason=f"held release {decision}d: {reason}",
             detail={**detail, "entry_counter": counter})
     uri = _entry(store, env, held, ReleaseTag(f"{tag}-{decision}{counter}").value, counter, kind="decision",

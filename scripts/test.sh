@@ -25,7 +25,7 @@ fi
 # The lanes share nothing: each pytest session has its own AIRFLOW_HOME, free ports, temp dirs and
 # network namespaces. The suite is built to pass on a busy machine (the gate runs on the device, at
 # the device's own priority), which is what each lane makes the other.
-SIDE_LANE=(tests/scaleout tests/dags/test_fleet_dag_e2e.py tests/plugins/test_fleet_steps.py
+SIDE_LANE=(tests/scaleout tests/dags/test_fleet_dag_e2e.py tests/dags/test_fleet_dag_task_killed.py tests/plugins/test_fleet_steps.py
            tests/release/test_fleet_testbed.py tests/release/test_rollout_testbed.py tests/release/test_rollout.py
            tests/release/test_rollout_plan.py
            tests/release/test_cli_fleet.py tests/release/test_trigger.py tests/release/test_trigger_fleet.py

@@ -103,3 +103,35 @@ def test_record_keys_are_checked(tmp_path):
             store.create_record(key, b"{}")
     assert store.create_record("history/x.json", b"{}") is True
     assert store.create_record("history/x.json", b"{}") is False
+
+
+ALLOCATOR = """
+import sys
+from pathlib import Path
+from release.history import History
+from release.states import create
+from release.store import LocalArtifactStore
+me = sys.argv[2]
+history = History(LocalArtifactStore(Path(sys.argv[1])))
+got = []
+for i in range(6):  # entries (rollback, decision) and new releases, interleaved
+    got.append(history.allocate_counter() if i % 2 else create(history, f"v-{me}-{i}", device="pi", actor=me).release_counter)
+print(" ".join(map(str, got)))
+"""
+
+
+def test_counters_are_unique_across_processes(tmp_path):
+    """Four processes allocating entry counters and creating releases at once on one store: every
+    counter is handed out once (a group rollback's devices, a decision and a build may run side by side)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", ALLOCATOR, str(tmp_path), f"w{k}"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(repo)}) for k in range(4)]
+    got = [int(n) for p in procs for n in p.communicate(timeout=120)[0].split()]
+    assert all(p.returncode == 0 for p in procs)
+    assert len(got) == 24 and len(set(got)) == 24, sorted(got)
+    assert History(LocalArtifactStore(tmp_path)).next_counter() == max(got) + 1

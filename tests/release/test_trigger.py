@@ -18,36 +18,21 @@ import requests
 from release.errors import ArtifactNotFound, InvalidInput, StepFailed
 from release.history import History
 from release.trigger import AirflowClient, AuthFailed, DagPaused, Outcome, outcome_of
-from tests.fixtures.fleet_local import GATE, LocalFleet
+from tests.fixtures.fleet_local import GATE
 from tests.fixtures.testbed import free_port
 
 pytestmark = [pytest.mark.airflow, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def fleet_root(tmp_path_factory):
-    """The server's pipeline root is a local fleet's (tests/fixtures/fleet_local.py): the canary DAG
-    uses the `local` device as before, the fleet DAG the fleet's inventory (pi-3 crash-loops on bad-*)."""
-    fleet = LocalFleet(tmp_path_factory.mktemp("trigger-pipeline"))
-    yield fleet
-    fleet.bed.stop_sidecars()
+@pytest.fixture
+def fleet_root(fleet_airflow):
+    return fleet_airflow.fleet
 
 
-@pytest.fixture(scope="module")
-def server(airflow_server_factory, fleet_root):
-    root = fleet_root.bed.root
-    srv = airflow_server_factory(REPO / "dags", {
-        "HAILO_PIPELINE_ROOT": str(root), "HAILO_LOCAL_SIDECAR_PORT": str(free_port()),
-        "HAILO_DEVICES_FILE": str(fleet_root.devices_file), "PYTHONPATH": f"{REPO / 'plugins'}{os.pathsep}{REPO}",
-    })
-    srv.wait_for_dag("hailo_canary_release")
-    srv.wait_for_dag("hailo_rollback")
-    srv.wait_for_dag("hailo_fleet_rollout")
-    yield srv
-    from release.local_sidecar import _stop
-
-    _stop(root / "device" / "local" / "sidecar")
+@pytest.fixture
+def server(fleet_airflow):
+    return fleet_airflow.server
 
 
 def _cli(server, *args, password=None):
