@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -78,7 +77,7 @@ class BindMount(BaseModel):
 
 class ContainerCommand(BaseModel):
     """One DFC command inside the x86_64 compiler container, as data: the Airflow task's Docker hook
-    (image, entrypoint, command, mounts, working_dir, user, environment, network_mode) and `docker run`
+    (image, entrypoint, command, mounts, working_dir, user, network_mode) and `docker run`
     build the same container. ``entrypoint`` is the tool (``hailo``), so the command works whether or
     not the image declares ``ENTRYPOINT ["hailo"]``."""
 
@@ -90,7 +89,6 @@ class ContainerCommand(BaseModel):
     mounts: tuple[BindMount, ...]
     working_dir: str = "/work"
     user: str | None = None
-    environment: dict[str, str] = {}
     network_mode: str = "none"
     platform: str = "linux/amd64"
 
@@ -100,14 +98,11 @@ class ContainerCommand(BaseModel):
             argv += ["--user", self.user]
         for m in self.mounts:
             argv += ["--mount", f"type=bind,source={m.source},target={m.target}" + (",readonly" if m.read_only else "")]
-        for key, value in sorted(self.environment.items()):
-            argv += ["--env", f"{key}={value}"]
         return [*argv, "--entrypoint", self.entrypoint, self.image, *self.command]
 
 
 CONTAINER_WORK_DIR = "/work"
 CONTAINER_LICENSE_PATH = "/licenses/hailo.lic"
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def container_command(
@@ -116,31 +111,22 @@ def container_command(
     host_work_dir: Path,
     *,
     license_path: Path | None = None,
-    user: str | None = None,
-    extra_mounts: Sequence[BindMount] = (),
-    environment: Mapping[str, str] | None = None,
 ) -> ContainerCommand:
     """The container form of a DFC ``argv`` (paths in it relative to ``host_work_dir``, mounted at /work).
 
-    The licence, if any, is mounted read-only and never copied; ``user`` defaults to the calling
+    The licence, if any, is mounted read-only and never copied; the container runs as the calling
     uid:gid so the files the DFC writes into the mounted build dir stay owned by the caller.
     """
     if not argv:
         raise InvalidInput("empty DFC command")
     if license_path is not None and not license_path.is_file():
         raise InvalidInput(f"DFC licence file {license_path} does not exist")
-    env = dict(environment or {})
-    bad = [k for k in env if not _ENV_KEY.fullmatch(k)]
-    if bad:
-        raise InvalidInput(f"invalid environment variable name(s) for the compiler container: {bad}")
     mounts = [BindMount(source=host_work_dir.resolve(), target=CONTAINER_WORK_DIR, read_only=False)]
     if license_path is not None:
         mounts.append(BindMount(source=license_path.resolve(), target=CONTAINER_LICENSE_PATH, read_only=True))
-    mounts.extend(extra_mounts)
-    if user is None and hasattr(os, "getuid"):
-        user = f"{os.getuid()}:{os.getgid()}"
+    user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
     return ContainerCommand(image=image, entrypoint=argv[0], command=tuple(argv[1:]), mounts=tuple(mounts),
-                            working_dir=CONTAINER_WORK_DIR, user=user, environment=env)
+                            working_dir=CONTAINER_WORK_DIR, user=user)
 
 
 class ContainerRunner:
@@ -155,12 +141,8 @@ class ContainerRunner:
         *,
         docker: str = "docker",
         license_path: Path | None = None,
-        user: str | None = None,
-        extra_mounts: Sequence[BindMount] = (),
-        environment: Mapping[str, str] | None = None,
     ) -> None:
-        self.image, self.docker, self.license_path, self.user = image, docker, license_path, user
-        self.extra_mounts, self.environment = tuple(extra_mounts), dict(environment or {})
+        self.image, self.docker, self.license_path = image, docker, license_path
         self.image_id: str | None = None
         self.resolved_image: str | None = None
 
@@ -178,8 +160,7 @@ class ContainerRunner:
         return self.image_id
 
     def command(self, argv: Sequence[str], cwd: Path) -> ContainerCommand:
-        return container_command(self.image_id or self.image, argv, cwd, license_path=self.license_path, user=self.user,
-                                 extra_mounts=self.extra_mounts, environment=self.environment)
+        return container_command(self.image_id or self.image, argv, cwd, license_path=self.license_path)
 
     def run(self, argv: Sequence[str], cwd: Path, timeout_s: float) -> CommandResult:
         self.resolve(cwd)

@@ -1,8 +1,8 @@
 """Run the DFC stages in the x86_64 compiler container through the Docker provider's hook.
 
 The container itself is data from the release library (`release.dfc_runners.container_command`):
-image, entrypoint, command, bind mounts (the build dir at /work, the licence read-only), user,
-environment, no network. This runner maps that onto the docker SDK client the provider's
+image, entrypoint, command, bind mounts (the build dir at /work, the licence read-only), user and
+no network. This runner maps that onto the docker SDK client the provider's
 ``DockerHook`` hands out (created lazily, at the first stage) and the container's exit code and
 logs onto the library's CommandResult, so the compile step is the same on the host, under
 `docker run`, and in Airflow. No operator is executed inside another operator.
@@ -81,7 +81,7 @@ class DockerHookRunner:
         )
         container = client.create_container(
             image=cmd.image, entrypoint=[cmd.entrypoint], command=list(cmd.command), working_dir=cmd.working_dir,
-            user=cmd.user or "", environment=dict(cmd.environment), host_config=host_config, stdin_open=False,
+            user=cmd.user or "", host_config=host_config, stdin_open=False,
             tty=False, platform=cmd.platform,
         )
         cid = container["Id"]

@@ -216,25 +216,50 @@ def test_container_command_as_data_and_argv(tmp_path):
     lic.write_text("licence")
     build = tmp_path / "build"
     build.mkdir()
-    cmd = container_command("hailo-compiler:3.33.0", ["hailo", "--version"], build, license_path=lic, user="1000:1000")
-    assert cmd.working_dir == "/work" and cmd.network_mode == "none" and cmd.user == "1000:1000"
+    cmd = container_command("hailo-compiler:3.33.0", ["hailo", "--version"], build, license_path=lic)
+    me = f"{os.getuid()}:{os.getgid()}"  # the caller: what the DFC writes into /work stays the caller's
+    assert cmd.working_dir == "/work" and cmd.network_mode == "none" and cmd.user == me
     assert (cmd.entrypoint, cmd.command) == ("hailo", ("--version",))
     assert [(m.source, m.target, m.read_only) for m in cmd.mounts] == [
         (build.resolve(), "/work", False), (lic.resolve(), "/licenses/hailo.lic", True)]
     assert cmd.docker_run_argv("/usr/bin/docker") == [
         "/usr/bin/docker", "run", "--rm", "--platform", "linux/amd64", "--network", "none", "-w", "/work",
-        "--user", "1000:1000",
+        "--user", me,
         "--mount", f"type=bind,source={build.resolve()},target=/work",
         "--mount", f"type=bind,source={lic.resolve()},target=/licenses/hailo.lic,readonly",
         "--entrypoint", "hailo", "hailo-compiler:3.33.0", "--version"]
-    default_user = container_command("img", ["hailo"], build).user
-    assert default_user == f"{os.getuid()}:{os.getgid()}"
     with pytest.raises(InvalidInput, match="licence"):
         container_command("img", ["hailo"], build, license_path=tmp_path / "absent.lic")
-    with pytest.raises(InvalidInput, match="environment"):
-        container_command("img", ["hailo"], build, environment={"A=B": "x"})
-    env_argv = container_command("img", ["hailo"], build, environment={"HTTPS_PROXY": "http://p:3128"}).docker_run_argv()
-    assert env_argv[env_argv.index("--env") + 1] == "HTTPS_PROXY=http://p:3128"
+    with pytest.raises(InvalidInput, match="empty DFC command"):
+        container_command("img", [], build)
+
+
+class DoubleImageRunner(ContainerRunner):
+    """The product's ContainerRunner with a Debian base image standing in for the licensed compiler
+    image: the CLI double and this interpreter are mounted read-only at their own paths, and the
+    double runs under this interpreter (the base image has no Python). ``fail_stage`` makes the
+    double fail that stage (through a wrapper that sets HAILO_DOUBLE_FAIL_STAGE)."""
+
+    def __init__(self, image: str, *, docker: str, license_path: Path | None = None, fail_stage: str | None = None,
+                 wrapper_dir: Path | None = None) -> None:
+        super().__init__(image, docker=docker, license_path=license_path)
+        venv, base = Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()
+        self.tool = DOUBLES_BIN / "hailo"
+        self.ro = [BindMount(source=p, target=str(p), read_only=True) for p in {venv, base, DOUBLES_BIN}]
+        if fail_stage is not None:
+            assert wrapper_dir is not None
+            wrapper_dir.mkdir(parents=True, exist_ok=True)
+            self.tool = wrapper_dir / "hailo-failing"
+            self.tool.write_text(f"import os, runpy, sys\nos.environ['HAILO_DOUBLE_FAIL_STAGE'] = {fail_stage!r}\n"
+                                 f"sys.argv[0] = {str(DOUBLES_BIN / 'hailo')!r}\n"
+                                 f"runpy.run_path(sys.argv[0], run_name='__main__')\n")
+            self.ro.append(BindMount(source=wrapper_dir.resolve(), target=str(wrapper_dir.resolve()), read_only=True))
+
+    def command(self, argv, cwd):
+        cmd = super().command(argv, cwd)
+        assert cmd.entrypoint == "hailo"  # the product's form, then pointed at the double
+        return cmd.model_copy(update={"entrypoint": str(Path(sys.executable)), "command": (str(self.tool), *cmd.command),
+                                      "mounts": (*cmd.mounts, *self.ro)})
 
 
 IMAGE_ID = "sha256:" + "cd" * 32
@@ -301,15 +326,12 @@ def test_calibration_set_versions_and_validation(tmp_path):
 def test_compile_in_a_real_container(docker_cli, base_image, doubles_on_path, sample_onnx_path, calib, tmp_path):
     """The container path on a real Docker engine: each stage is `docker run --rm --network none
     --user uid:gid -w /work --mount <build dir>:/work --entrypoint hailo IMAGE ...`. The licensed DFC
-    image cannot be built here, so the container is the Debian base image with the CLI double and
-    this interpreter mounted read-only (the compiler image's own build is tested in tests/docker/)."""
-    venv, base = Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()
-    ro = [BindMount(source=p, target=str(p), read_only=True) for p in {venv, base}]
-    ro.append(BindMount(source=DOUBLES_BIN, target="/opt/hailo-double/bin", read_only=True))
+    image cannot be built here, so the container is the Debian base image with the CLI double run by
+    this interpreter, both mounted read-only (DoubleImageRunner; the compiler image's own build is
+    tested in tests/docker/)."""
     lic = tmp_path / "hailo.lic"
     lic.write_text("licence stand-in\n")
-    runner = ContainerRunner(base_image, docker=docker_cli, license_path=lic, extra_mounts=ro,
-                             environment={"PATH": f"/opt/hailo-double/bin:{venv}/bin:/usr/bin:/bin"})
+    runner = DoubleImageRunner(base_image, docker=docker_cli, license_path=lic)
     out = _compile(tmp_path, sample_onnx_path, calib, runner=runner, hailo="hailo", cache_dir=tmp_path / "cache")
     assert out.compiled_by_double and check_hef(out.hef_path) == "hef"
     assert (out.dfc_version, out.hailort_version) == ("3.33.0", "4.23.0")
@@ -328,8 +350,7 @@ def test_compile_in_a_real_container(docker_cli, base_image, doubles_on_path, sa
                        hailo=str(DOUBLES_BIN / "hailo"))
     assert host.hef_sha256 == out.hef_sha256 and host.compiler_image is None
     # A failing stage in the container surfaces the same way.
-    failing = ContainerRunner(base_image, docker=docker_cli, extra_mounts=ro,
-                              environment={**runner.environment, "HAILO_DOUBLE_FAIL_STAGE": "optimize"})
+    failing = DoubleImageRunner(base_image, docker=docker_cli, fail_stage="optimize", wrapper_dir=tmp_path / "wrap")
     with pytest.raises(StepFailed, match="`hailo optimize` failed"):
         _compile(tmp_path, sample_onnx_path, calib, runner=failing, hailo="hailo", work_dir=tmp_path / "w3")
 
