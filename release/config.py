@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     keys_dir: Path | None = _var("HAILO_KEYS_DIR")  # default <pipeline_root>/keys (the dev key)
     devices_file: Path | None = _var("HAILO_DEVICES_FILE")
     local_sidecar_port: int = _var("HAILO_LOCAL_SIDECAR_PORT", 9000, ge=1, le=65535)
+    # The name a worker gives Airflow for its task instances (plugins/hailo_airflow/hosts.py): two
+    # workers on one host tell themselves apart with it; unset, the FQDN.
+    worker_hostname: str | None = _var("HAILO_WORKER_HOSTNAME", pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
     # Signing and verifying.
     signing_key: Path | None = _var("HAILO_SIGNING_KEY")
     signing_pub: Path | None = _var("HAILO_SIGNING_PUB")

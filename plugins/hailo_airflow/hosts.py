@@ -8,9 +8,10 @@ where the api-server fetches a running task's log from.
 
 from __future__ import annotations
 
-import os
 import socket
+
+from release.config import load_settings
 
 
 def worker_hostname() -> str:
-    return os.environ.get("HAILO_WORKER_HOSTNAME") or socket.getfqdn()
+    return load_settings().worker_hostname or socket.getfqdn()
