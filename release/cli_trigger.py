@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 DEFAULT_DAG = "hailo_canary_release"
 FLEET_DAG = "hailo_fleet_rollout"
+# The longest a follow waits to see the approval sensor poke again before it reports "waiting" (the
+# fleet DAG's sensor pokes every 10 s).
+WAIT_CONFIRM_S = 60.0
 
 
 def register(sub: Any) -> None:
@@ -105,28 +109,47 @@ def _fleet(args: argparse.Namespace, client: Any, cid: Any, run_id: str, conf: d
         collect_report,
         fleet_outcome,
         fleet_summary_markdown,
-        previous_rollout_id,
+        previous_rollout,
     )
 
-    if not conf.get("rollout_id"):
-        earlier = previous_rollout_id(client, _earlier_attempts(cid, args.ci_run))
-        if earlier:
-            print(f"resuming rollout {earlier} (started by an earlier attempt of this CI run)")
-            conf["rollout_id"] = earlier
-    client.trigger(FLEET_DAG, run_id, conf, unpause=args.unpause)
-    print(f"triggered {FLEET_DAG} run {run_id}")
+    earlier = None if conf.get("rollout_id") else previous_rollout(client, _earlier_attempts(cid, args.ci_run))
+    if earlier is not None and earlier[2]:
+        run_id = earlier[0]
+        print(f"following run {run_id} of rollout {earlier[1]} (started by an earlier attempt of this CI run, still going)")
+    else:
+        if earlier is not None:
+            print(f"resuming rollout {earlier[1]} (started by an earlier attempt of this CI run)")
+            conf["rollout_id"] = earlier[1]
+        client.trigger(FLEET_DAG, run_id, conf, unpause=args.unpause)
+        print(f"triggered {FLEET_DAG} run {run_id}")
     if args.no_follow:
         return 0
     plan = conf.get("plan") if isinstance(conf.get("plan"), dict) else None
     waiting: list[int] = []
+    first_pokes: dict[str, str] = {}  # the waiting sensors' end dates when this follow first saw them wait
+    first_seen_at: list[float] = []
 
     def stop(tasks: dict[str, str | None]) -> bool:
         if not any(t.endswith(".ready") and s == "up_for_reschedule" for t, s in tasks.items()):
             return False
         wave = approval_wait(tasks, plan, client.xcom(FLEET_DAG, run_id, "prepare")) if plan else None
-        if wave is not None:
-            waiting.append(wave)
-        return wave is not None
+        if wave is None:
+            return False
+        # Waiting counts once the sensor has poked again since this follow first saw it wait: an
+        # approval given just before (a re-run of the job after `rollout approve`) is seen by that
+        # poke. Its end_date is the server's, so no clock is compared across hosts.
+        pokes = {str(t["task_id"]): str(t.get("end_date")) for t in client.task_instances(FLEET_DAG, run_id)
+                 if str(t["task_id"]).endswith(".ready") and t.get("state") == "up_for_reschedule"}
+        if not first_seen_at:
+            first_pokes.update(pokes)
+            first_seen_at.append(time.monotonic())
+            return False
+        poked_again = any(first_pokes.get(task_id) not in (None, end) for task_id, end in pokes.items())
+        # Bounded either way: an API without end dates stops after a few pokes' worth of waiting.
+        if not poked_again and time.monotonic() - first_seen_at[0] < WAIT_CONFIRM_S:
+            return False
+        waiting.append(wave)
+        return True
 
     state, _ = client.follow(FLEET_DAG, run_id, poll_s=args.poll, timeout_s=args.timeout, stop=stop)
     report = collect_report(client, run_id)

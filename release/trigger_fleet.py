@@ -194,17 +194,19 @@ def fleet_summary_markdown(run_id: str, outcome: FleetOutcome, report: dict[str,
     return "\n".join(lines).rstrip() + "\n"
 
 
-def previous_rollout_id(client: AirflowClient, run_ids: list[str]) -> str | None:
-    """The rollout an earlier attempt of this CI run started (its `prepare` XCom), newest first: a re-run
-    of the job resumes that rollout (the DAG's rollout_id param) instead of starting a second one."""
+def previous_rollout(client: AirflowClient, run_ids: list[str]) -> tuple[str, str, bool] | None:
+    """(run id, rollout id, still running?) of the rollout an earlier attempt of this CI run started
+    (its `prepare` XCom), newest first. A re-run of the job follows that run while it goes on (e.g. it
+    waited for an approval that has since been given), or resumes its rollout in a new run (the
+    DAG's rollout_id param) once it ended — never a second rollout."""
     from release.errors import ArtifactNotFound
 
     for run_id in run_ids:
         try:
-            client.run(FLEET_DAG, run_id)
+            run = client.run(FLEET_DAG, run_id)
         except ArtifactNotFound:
             continue
         prepared = client.xcom(FLEET_DAG, run_id, "prepare")
         if isinstance(prepared, dict) and prepared.get("rollout_id"):
-            return str(prepared["rollout_id"])
+            return run_id, str(prepared["rollout_id"]), str(run.get("state")) in ("queued", "running")
     return None

@@ -179,6 +179,39 @@ def test_fleet_rollout_followed_through_the_api(server, fleet_root, tmp_path):
     assert bad.returncode == 2, bad.stdout + bad.stderr
 
 
+def test_a_rerun_after_the_approval_follows_the_waiting_run_to_its_end(server, fleet_root, tmp_path):
+    """Attempt 1 leaves the rollout waiting for wave 2's approval (exit 12, job green). A release
+    manager approves; attempt 2 of the CI job follows the same, still running DAG run to its end and
+    reports the final result (exit 0): no second run, no second rollout."""
+    from release.rollout import approve
+    from release.trigger import AirflowClient
+
+    tag = fleet_root.canary("appr-api")
+    plan = {"waves": [{"size": 1, "gate": GATE}, {"size": "100%", "gate": GATE, "approval": True}],
+            "abort": {"max_failure_rate": 1.0, "min_finished": 1, "any_failure_in_first": 0}}
+    conf = {"release_tag": tag, "selector": "rack=r1", "production": False, "plan": plan}
+    cid = "ADR-0007-hailo-docker-2025-08-31"
+    args = ("--dag", "hailo_fleet_rollout", "--continuity-id", cid, "--conf", json.dumps(conf))
+    first = _cli(server, *args, "--ci-run", "80-1", "--summary-file", str(tmp_path / "first.md"))
+    assert first.returncode == 12, first.stdout[-3000:] + first.stderr[-3000:]
+    text = (tmp_path / "first.md").read_text()
+    assert "**waiting for approval**" in text and "--wave 2" in text, text
+    rid = next(r.detail["rollout_id"] for r in History(fleet_root.store).for_tag(tag) if r.device is None
+               and "rollout_id" in r.detail)
+    approve(fleet_root.store, rid, 2, actor="pytest:release-manager")
+    again = _cli(server, *args, "--ci-run", "80-2", "--summary-file", str(tmp_path / "again.md"))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"following run {cid}__ci-80-1 of rollout {rid}" in again.stdout, again.stdout[-3000:]
+    text = (tmp_path / "again.md").read_text()
+    assert f"## Fleet rollout `{cid}__ci-80-1`: **completed**" in text, text
+    assert _wave_row(text, 2)[1] == "pi-2" and _wave_row(text, 2)[6] in ("passed", "failures within the abort criteria")
+    client = AirflowClient(server.url, server.username, server.password, say=lambda _m: None)
+    with pytest.raises(ArtifactNotFound):
+        client.run("hailo_fleet_rollout", f"{cid}__ci-80-2")  # followed, not triggered again
+    rollouts = {r.detail["rollout_id"] for r in History(fleet_root.store).for_tag(tag) if "rollout_id" in r.detail}
+    assert rollouts == {rid}
+
+
 def test_outcome_mapping():
     assert outcome_of("success", {"promote": "success", "rollback": "skipped"}) is Outcome.PROMOTED
     assert outcome_of("success", {"promote": "skipped", "rollback": "success"}) is Outcome.ROLLED_BACK
