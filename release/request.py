@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from release.errors import InvalidInput
-from release.gate_settings import GateOverrides, override_json_schema
+from release.gate_settings import GateOverrides
 from release.identifiers import ROLLBACK_PREVIOUS, SAMPLE_MODEL
 from release.validated import (
     ConfigVersionStr,
@@ -31,17 +31,6 @@ __all__ = ["SAMPLE_MODEL", "HeldDecisionRequest", "ReleaseRequest", "RollbackReq
 REASON_MAX_LEN = 500
 
 
-def _derived_override_bounds() -> dict[str, tuple[float, float]]:
-    props = override_json_schema()["properties"]
-    return {
-        key: (float(p.get("minimum", p.get("exclusiveMinimum", 0.0))), float(p.get("maximum", p.get("exclusiveMaximum", 0.0))))
-        for key, p in props.items()
-    }
-
-
-# (low, high) per override, read from GateSettings (never typed here). Exclusive bounds appear as
-# inclusive; settings_with_overrides applies the exact ones. Kept for release.rollout_plan.
-GATE_OVERRIDE_BOUNDS: dict[str, tuple[float, float]] = _derived_override_bounds()
 
 
 class _Request(BaseModel):
