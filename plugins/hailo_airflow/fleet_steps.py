@@ -183,23 +183,33 @@ def _device_factories(env: Any) -> Any:
     return lambda device: ssh_client_factory_for(env, device)
 
 
-def finish(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -> dict[str, Any]:
-    """Record the rollout complete when every wave is done; write the report (JSON + latency PNG)."""
+def _started(rollout: Mapping[str, Any] | None, consequence: str) -> str:
+    """The rollout id prepare handed on; a task after a failed prepare fails with what that means."""
+    if not rollout:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"the rollout was never started (prepare failed): {consequence}")
+    return str(rollout["rollout_id"])
+
+
+def _loaded(rollout_id: str) -> tuple[Any, Any, Any, Any]:
+    """(env, store, the rollout's info, the store's history) for a task body."""
     from release.history import History
     from release.rollout import load_rollout
+
+    env, store = _env_store()
+    return env, store, load_rollout(store, rollout_id), History(store)
+
+
+def finish(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Record the rollout complete when every wave is done; write the report (JSON + latency PNG)."""
     from release.rollout_report import build_report, write_report
     from release.rollout_run import wave_done
     from release.states import RolloutEvent, RolloutState, advance_rollout, rollout_state
 
-    if not rollout:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException("the rollout was never started (prepare failed): no report")
+    rid = _started(rollout, "no report")
     with release_errors_as_airflow_failures():
-        _, store = _env_store()
-        rid = str(rollout["rollout_id"])
-        info = load_rollout(store, rid)
-        history = History(store)
+        _, store, info, history = _loaded(rid)
         if rollout_state(history, rid) is RolloutState.RUNNING and all(wave_done(history, rid, w) for w in info.waves):
             advance_rollout(history, rid, info.tag, RolloutEvent.COMPLETE, actor=f"airflow:{_run_id(context)}",
                             reason=f"all {len(info.waves)} waves done")
@@ -216,18 +226,14 @@ def ensure_safe(rollout: Mapping[str, Any] | None, context: Mapping[str, Any]) -
     from airflow.sdk.exceptions import AirflowFailException
 
     from release.history import History
-    from release.rollout import halt, load_rollout
+    from release.rollout import halt
     from release.rollout_device import reconcile_device
     from release.states import ON_DEVICE, ReleaseState, RolloutState, rollout_state
     from release.targets import inventory
 
-    if not rollout:
-        raise AirflowFailException("the rollout was never started (prepare failed): no device was touched")
+    rid = _started(rollout, "no device was touched")
     with release_errors_as_airflow_failures():
-        env, store = _env_store()
-        rid = str(rollout["rollout_id"])
-        info = load_rollout(store, rid)
-        history = History(store)
+        env, store, info, history = _loaded(rid)
         actor = f"airflow:{_run_id(context)}"
         state = rollout_state(history, rid)
         if state is RolloutState.HALTING:
