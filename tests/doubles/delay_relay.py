@@ -41,6 +41,10 @@ class DelayRelay:
         self.host = listen_host
         self.port = int(self._server.sockets[0].getsockname()[1])
         self.connections = 0  # accepted so far: a test asks whether anything reached the device at all
+        # asyncio keeps only weak references to tasks: a connection's handler whose client went away
+        # while its upstream still waits would be collected mid-await ("Task was destroyed but it is
+        # pending", 48 warnings in one CI run). Held here until it ends, or close() cancels it.
+        self._handlers: set[asyncio.Task[None]] = set()
 
     def one_way_s(self) -> float:
         d = self.delay_s + self._rng.uniform(-self.jitter_s, self.jitter_s)
@@ -50,6 +54,10 @@ class DelayRelay:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
