@@ -1,8 +1,9 @@
 """Users and the release role for Airflow's FAB auth manager (scripts/scaleout.sh runs it).
 
-``ReleaseTrigger`` may read and trigger the three release DAGs and read their runs, task
-instances, logs and XComs — nothing else: no other DAG, no connections, variables, pools or
-users, no clearing or deleting runs. For CI (`hailo-release trigger`) and release managers.
+``ReleaseTrigger`` may read and trigger the four release DAGs (canary, rollback, decision, fleet
+rollout) and read their runs, task instances, logs and XComs — nothing else: no other DAG, no
+connections, variables, pools or users, no clearing or deleting runs. For CI (`hailo-release
+trigger`, the release workflow's canary and fleet jobs) and release managers.
 
     python -m hailo_airflow.fab_roles --user admin:Admin:/path/admin_password \\
         --user ci-release:ReleaseTrigger:/path/release_password
@@ -16,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-RELEASE_DAGS = ("hailo_canary_release", "hailo_rollback", "hailo_release_decision")
+RELEASE_DAGS = ("hailo_canary_release", "hailo_rollback", "hailo_release_decision", "hailo_fleet_rollout")
 RELEASE_ROLE = "ReleaseTrigger"
 
 

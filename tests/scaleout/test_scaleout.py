@@ -157,7 +157,7 @@ def test_release_role_can_only_trigger_and_read(scaleout_stack):
     res = _trigger(stack, "--continuity-id", CID, "--ci-run", "role-1", "--conf", _conf("role-1"), "--no-follow")
     assert res.returncode == 0, res.stdout + res.stderr
     readable = {d["dag_id"] for d in stack.request("GET", "dags", as_release_user=True).json()["dags"]}
-    assert readable == {"hailo_canary_release", "hailo_rollback", "hailo_release_decision"}
+    assert readable == {"hailo_canary_release", "hailo_rollback", "hailo_release_decision", "hailo_fleet_rollout"}
     assert stack.request("GET", f"{run}/taskInstances", as_release_user=True).status_code == 200
     # Everything else is refused for the release user, while the admin's same request is not (so a
     # 403 here is the role, not a broken token).
