@@ -21,18 +21,20 @@ from pathlib import Path
 import pytest
 
 from release.history import History
+from tests.fixtures.fleet_local import GATE, NEVER_ABORT
 
 pytestmark = [pytest.mark.airflow, pytest.mark.e2e]
+CID = "ADR-0007-hailo-docker-2025-08-31"
 FLEET_DAG = "hailo_fleet_rollout"
 TARGET = ["pi-1", "pi-2"]  # rack r1
 KILLED = "pi-1"
 
 
-def _load_process(agent_root: str) -> int | None:
+def _load_process(agent_root: str, spared: set[int]) -> int | None:
     """The pid of the gate's `load` on the device (the agent command with this device's windows file)."""
     needle = f"{agent_root}/gate/windows.json".encode()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) in spared:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
@@ -45,6 +47,52 @@ def _load_process(agent_root: str) -> int | None:
 
 def _parent(pid: int) -> int:
     return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _kill_task_at_its_gate(agent_root: str, follower: subprocess.Popen[bytes], log: Path, spared: set[int]) -> int:
+    """SIGKILL the Airflow task process whose gate `load` runs on this device; returns that load's pid.
+    A load in ``spared`` (an earlier, killed try's, orphaned and finishing on its own) is not it."""
+    deadline = time.monotonic() + 300
+    while True:
+        assert follower.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        load = _load_process(agent_root, spared)
+        if load is not None:
+            try:
+                task = _parent(load)
+                argv = (Path("/proc") / str(task) / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if task != 1 and b"airflow" in argv:
+                os.kill(task, signal.SIGKILL)  # the task process only: its supervisor survives and reports it
+                return load
+        time.sleep(0.1)
+
+
+def _follow(server, tmp_path: Path, ci_run: str, conf: dict) -> tuple[subprocess.Popen[bytes], Path]:
+    """`hailo-release trigger --dag hailo_fleet_rollout` in the background, as the release workflow runs it."""
+    log = tmp_path / f"trigger-{ci_run}.log"
+    env = {**os.environ, "AIRFLOW_PASSWORD": server.password}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "release.cli", "trigger", "--airflow-url", server.url, "--user",
+                                 server.username, "--poll", "1", "--dag", FLEET_DAG, "--continuity-id", CID,
+                                 "--ci-run", ci_run, "--conf", json.dumps(conf)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def _base_release(fleet, plan: dict) -> dict[str, str | None]:
+    """A last-known-good on both target devices (a restore needs a target); returns it."""
+    from release.devices import Selector
+    from release.rollout import start_rollout
+    from release.rollout_plan import parse_plan
+    from release.rollout_run import run_rollout
+
+    if any(History(fleet.store).last_known_good(n) is None for n in TARGET):
+        base = fleet.canary("tk-base")
+        rid = start_rollout(fleet.env, fleet.store, base, parse_plan(plan), Selector.parse(selector="rack=r1"),
+                            actor="pytest")
+        run_rollout(fleet.env, fleet.store, rid, actor="pytest", say=lambda _m: None)
+    return _identity_matches_history(fleet, TARGET)
 
 
 def _identity_matches_history(fleet, names: list[str]) -> dict[str, str | None]:
@@ -64,43 +112,18 @@ def _identity_matches_history(fleet, names: list[str]) -> dict[str, str | None]:
 
 
 def test_a_device_task_sigkilled_mid_gate_is_reconciled_then_retried(fleet_airflow, tmp_path):
-    from release.devices import Selector
-    from release.rollout import start_rollout
-    from release.rollout_plan import parse_plan
-    from release.rollout_run import run_rollout
     from release.trigger import AirflowClient
-    from tests.fixtures.fleet_local import GATE, NEVER_ABORT
 
     fleet, server = fleet_airflow.fleet, fleet_airflow.server
     plan = {"waves": [{"size": "100%", "gate": GATE, "parallelism": 2}], "abort": NEVER_ABORT}
-    base = fleet.canary("tk-base")  # a last-known-good on both devices first, so a restore has a target
-    rid0 = start_rollout(fleet.env, fleet.store, base, parse_plan(plan), Selector.parse(selector="rack=r1"), actor="pytest")
-    run_rollout(fleet.env, fleet.store, rid0, actor="pytest", say=lambda _m: None)
-    before = _identity_matches_history(fleet, TARGET)
+    before = _base_release(fleet, plan)
     tag = fleet.canary("tk-1")
 
-    cid = "ADR-0007-hailo-docker-2025-08-31"
-    run_id = f"{cid}__ci-70-1"  # what `trigger --ci-run 70-1` names the run
-    log = tmp_path / "trigger.log"
-    env = {**os.environ, "AIRFLOW_PASSWORD": server.password}
-    conf = {"release_tag": tag, "selector": "rack=r1", "production": False, "plan": plan}
-    with open(log, "wb") as out:
-        follower = subprocess.Popen([sys.executable, "-m", "release.cli", "trigger", "--airflow-url", server.url,
-                                     "--user", server.username, "--poll", "1", "--dag", FLEET_DAG, "--continuity-id", cid,
-                                     "--ci-run", "70-1", "--conf", json.dumps(conf)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    run_id = f"{CID}__ci-70-1"  # what `trigger --ci-run 70-1` names the run
+    follower, log = _follow(server, tmp_path, "70-1", {"release_tag": tag, "selector": "rack=r1", "production": False,
+                                                       "plan": plan})
     try:
-        agent_root = str(fleet.specs[KILLED].agent_root)
-        deadline = time.monotonic() + 300
-        load = None
-        while load is None:  # the device's gate is under way: a canary under lease, the load running
-            assert follower.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            load = _load_process(agent_root)
-            time.sleep(0.1)
-        task = _parent(load)
-        assert b"airflow" in (Path("/proc") / str(task) / "cmdline").read_bytes(), "the load's parent is not a task"
-        lease = json.loads((Path(agent_root) / "lease.json").read_text())
-        assert lease["tag"] == tag
-        os.kill(task, signal.SIGKILL)  # the task process only: its supervisor survives and reports it
+        _kill_task_at_its_gate(str(fleet.specs[KILLED].agent_root), follower, log, set())
         killed_at = time.monotonic()
         follower.wait(timeout=600)
     finally:
@@ -127,3 +150,36 @@ def test_a_device_task_sigkilled_mid_gate_is_reconciled_then_retried(fleet_airfl
         assert after[name] == (tag if last.to_state == "promoted" else before[name]), (name, last.reason)
     print(f"task SIGKILLed mid-gate on {KILLED}: run completed {time.monotonic() - killed_at:.1f} s later; "
           f"outcomes {[(n, history.device_records(tag, n, rid)[-1].to_state) for n in TARGET]}")
+
+
+def test_a_device_task_killed_on_its_retry_too_counts_as_failed_and_the_halt_restores_every_touched_device(
+        fleet_airflow, tmp_path):
+    """Both tries of pi-1's task SIGKILLed at the gate: the task fails for good, the wave's check counts
+    the device without an outcome as a failure (any failure in the first 1 aborts), and the halt puts
+    every touched device back on its own last-known-good: pi-1 (its unjudged canary) and pi-2, which
+    committed the release meanwhile. The run ends halted (exit 10), the history agrees with the devices."""
+    fleet, server = fleet_airflow.fleet, fleet_airflow.server
+    plan = {"waves": [{"size": "100%", "gate": GATE, "parallelism": 2}],
+            "abort": {"max_failure_rate": 0.0, "min_finished": 1, "any_failure_in_first": 1}}
+    before = _base_release(fleet, {**plan, "abort": NEVER_ABORT})
+    tag = fleet.canary("tk-2")
+    follower, log = _follow(server, tmp_path, "71-1", {"release_tag": tag, "selector": "rack=r1", "production": False,
+                                                       "plan": plan})
+    agent_root = str(fleet.specs[KILLED].agent_root)
+    try:
+        first = _kill_task_at_its_gate(agent_root, follower, log, set())
+        _kill_task_at_its_gate(agent_root, follower, log, {first})  # its retry, at the same point
+        follower.wait(timeout=600)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    output = log.read_text()
+    assert follower.returncode == 10, output[-3000:]  # halted: touched devices restored
+    assert "halt reason:" in output and "pi-1" in output, output[-3000:]
+    history = History(fleet.store)
+    rid = next(r.detail["rollout_id"] for r in history.for_tag(tag) if r.device is None and "rollout_id" in r.detail)
+    assert [r.event for r in history.rollout_records(rid) if r.device is None][-1] == "rollout_halted"
+    after = _identity_matches_history(fleet, TARGET)
+    assert after == before, (before, after)  # every touched device on its own last-known-good again
+    killed = history.device_records(tag, KILLED, rid)
+    assert killed[-1].to_state == "rolled_back" and killed[-1].detail.get("interrupted"), killed[-1]
