@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from release.devices import DeviceSpec
@@ -261,6 +262,14 @@ def fail_safe(
         return None
     if state in ON_DEVICE:
         device = inventory(env).get(req.device)
+        if device.transport == "local" and not Path(device.agent_root).is_dir():
+            # Airflow runs a heartbeat-timeout callback on the dag-processor, not on the device's worker:
+            # a `local` device is not on that host, and "could not be reached" would mislead.
+            raise StepFailed(f"{why}; no agent of the `local` device {req.device} at {device.agent_root} on this "
+                             f"host: the deploy never reached it, or this runs on another host than the device's "
+                             f"worker (a heartbeat-timeout callback runs on the dag-processor). A canary there restores "
+                             f"last-known-good by its lease; `ensure_safe` or `hailo-release reconcile --device "
+                             f"{req.device}` on the device's host records it") from error
         try:
             with connected(device, ssh_client_factory) as transport:
                 status = dep.status(transport, device)
