@@ -289,8 +289,7 @@ def halt(env: PipelineEnv, store: ArtifactStore, rollout_id: str, *, actor: str,
     history = History(store)
     if rollout_state(history, rollout_id) in (RolloutState.RUNNING, RolloutState.WAITING):
         advance_rollout(history, rollout_id, info.tag, RolloutEvent.ABORT, actor=actor, reason=reason)
-    # A preflight skip never left its release and an 'already' device was never deployed to: not touched.
-    touched = [o.device for o in _outcomes(store, info, len(info.plan.waves)) if o.status not in ("already", "skipped")]
+    touched = [o.device for o in _outcomes(store, info, len(info.plan.waves)) if o.touched]
     with cf.ThreadPoolExecutor(max_workers=max(1, len(touched))) as pool:
         futures = [pool.submit(_restore_one, env, store, info, d, actor, reason,
                                factory_for(d) if factory_for else ssh_client_factory) for d in touched]

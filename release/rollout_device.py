@@ -65,7 +65,14 @@ class DeviceOutcome:
 
     @property
     def touched(self) -> bool:
+        """Anything of this rollout's ran on the device: not a preflight skip (it never left its
+        release), not an 'already' (never deployed to)."""
         return self.status in ("promoted", "rolled_back", "failed", "interrupted", "halted")
+
+    @classmethod
+    def already(cls, device: str, wave: int, tag: str) -> DeviceOutcome:
+        """The outcome of a device that has ``tag`` committed already (nothing is recorded for it)."""
+        return cls(device, wave, "already", f"{tag} is already committed on the device", 0, runs=tag)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +185,7 @@ def run_device(
         attempt = _attempt_records(history, tag, spec.name, rollout_id)[0] + 1
         lkg = history.last_known_good(spec.name)
         if lkg is not None and lkg[0] == tag:
-            return DeviceOutcome(spec.name, wave_index, "already", f"{tag} is already committed on the device", 0, runs=tag)
+            return DeviceOutcome.already(spec.name, wave_index, tag)
         return _lifecycle(env, store, history, rollout_id, tag, spec, wave_index, attempt, settings, lkg,
                           on_preflight_failure, actor, ssh_client_factory)
 

@@ -63,7 +63,7 @@ def _already(history: History, tag: str, device: str, wave: int) -> DeviceOutcom
     lkg = history.last_known_good(device)
     if lkg is None or lkg[0] != tag:
         return None
-    return DeviceOutcome(device, wave, "already", f"{tag} is already committed on the device", 0, runs=tag)
+    return DeviceOutcome.already(device, wave, tag)
 
 
 def _plot_png(store: ArtifactStore, report: RolloutReport) -> bytes:
