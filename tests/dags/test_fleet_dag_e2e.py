@@ -23,6 +23,7 @@ import pytest
 from release.history import History
 from release.rollout_report import REPORT_NAME
 from release.store import LocalArtifactStore
+from tests.fixtures.fleet_lab import check_store_against_devices
 
 pytestmark = [pytest.mark.airflow, pytest.mark.ssh, pytest.mark.e2e]
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -84,22 +85,6 @@ def _states(run) -> dict[str, str]:
     return out
 
 
-def _check_store_against_devices(fleet, store, tags: list[str]) -> dict[str, str | None]:
-    """For every device: the release the store's history says it runs == the one its /healthz serves."""
-    history = History(store)
-    config = {t: json.loads(store.get_bytes(t, "manifest.json"))["config_version"] for t in tags}
-    running = {}
-    for name in fleet.names():
-        health = fleet.healthz(name)
-        lkg = history.last_known_good(name)
-        served = health["config_version"] if health else None
-        assert served == (config[lkg[0]] if lkg else None), (name, lkg, health)
-        if lkg and health:
-            assert health["hef_sha256"] == lkg[1] or lkg[1] is None, (name, lkg, health)
-        running[name] = lkg[0] if lkg else None
-    return running
-
-
 def test_healthy_rollout_then_a_halting_one(airflow_db, fleet, fleet_pipeline):
     store = LocalArtifactStore(fleet_pipeline / "store")
     t0 = time.monotonic()
@@ -130,7 +115,7 @@ def test_healthy_rollout_then_a_halting_one(airflow_db, fleet, fleet_pipeline):
     events = [r.event for r in History(store).rollout_records(rollout_id) if r.device is None]
     assert events.index("rollout_wait") < events.index("rollout_approve") < events.index("rollout_continue")
     assert json.loads(store.get_bytes(rollout_id, REPORT_NAME))["state"] == "rollout_completed"
-    running = _check_store_against_devices(fleet, store, ["v1"])
+    running = check_store_against_devices(fleet, store)
     assert running == {"pi-01": "v1", "pi-02": "v1", "pi-03": "v1", "pi-04": None, "pi-05": None, "pi-06": None}
     print(f"canary v1 {canary_s:.1f} s; healthy 2-wave rollout of 2 devices {healthy_s:.1f} s")
     first = {n: [r.event for r in History(store).device_records("v1", n, rollout_id)] for n in ("pi-02", "pi-03")}
@@ -158,7 +143,7 @@ def test_healthy_rollout_then_a_halting_one(airflow_db, fleet, fleet_pipeline):
         assert history.device_records("v2", name, rid) == [] and fleet.healthz(name) is None
     assert history.device_records("v2", "pi-02", rid)[-1].detail.get("halt") is True
     assert history.device_records("v2", "pi-03", rid)[-1].to_state == "rolled_back"
-    running = _check_store_against_devices(fleet, store, ["v1", "v2"])
+    running = check_store_against_devices(fleet, store)
     assert running == {"pi-01": "v2", "pi-02": "v1", "pi-03": "v1", "pi-04": None, "pi-05": None, "pi-06": None}
     # A resume of the finished v1 rollout (a re-triggered run with rollout_id, or a retried task after a
     # restart) redoes nothing: the task bodies read each device's outcome from the history.

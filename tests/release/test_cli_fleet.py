@@ -17,6 +17,7 @@ import pytest
 from release import deploy as dep
 from release.history import History
 from release.transport import LocalTransport
+from tests.fixtures._rollout_checks import assert_resumed_without_redoing
 from tests.fixtures.fleet_local import FLEET, GATE, GROUP, NEVER_ABORT
 
 pytestmark = pytest.mark.e2e
@@ -91,20 +92,8 @@ def test_approval_kill_mid_wave_then_resume_finishes(local_fleet):
     promoted_before = {r.device for r in History(fleet.store).rollout_records(rid) if r.to_state == "promoted"}
     resumed = _cli(fleet, "rollout", "resume", rid)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    report = json.loads(resumed.stdout)
-    assert report["state"] == "rollout_completed"
-    outcomes = {d["device"]: d for d in report["devices"]}
-    assert set(outcomes) == set(FLEET)
-    for outcome in outcomes.values():  # a gate a loaded host failed is restored, never left half-done
-        assert outcome["status"] == "promoted" or (
-            outcome["status"] == "rolled_back" and "violates" in outcome["reason"]), outcome
-    history = History(fleet.store)
-    for name in promoted_before:  # finished devices were not redone
-        assert [r.detail["attempt"] for r in history.device_records(tag, name, rid) if r.event == "deployed"] == [1]
-    for name in in_flight:  # the killed attempt was reconciled (lease expiry recorded), then done again
-        records = history.device_records(tag, name, rid)
-        assert any(r.detail.get("interrupted") for r in records), [(r.event, r.to_state) for r in records]
-        assert records[-1].detail["attempt"] == 2 and records[-1].to_state in ("promoted", "rolled_back")
+    outcomes = assert_resumed_without_redoing(json.loads(resumed.stdout), FLEET, History(fleet.store), tag, rid,
+                                              promoted_before, in_flight)
     runs = fleet.assert_history_matches_devices()
     assert runs == {n: tag if outcomes[n]["status"] == "promoted" else before[n] for n in FLEET}
     status = _cli(fleet, "rollout", "status", rid)

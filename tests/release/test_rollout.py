@@ -16,6 +16,7 @@ from release.rollout import evaluate_wave, start_rollout
 from release.rollout_plan import parse_plan
 from release.rollout_run import run_rollout
 from release.states import RolloutState, rollout_state
+from tests.fixtures._rollout_checks import settled_by_load
 from tests.fixtures.fleet_local import (
     BASE_WAVES,
     FLEET,
@@ -24,7 +25,6 @@ from tests.fixtures.fleet_local import (
     NEVER_ABORT,
     NOT_ENROLLED,
     LocalFleet,
-    settled_by_load,
 )
 
 pytestmark = pytest.mark.e2e

@@ -24,7 +24,8 @@ import time
 import pytest
 
 from release.history import History
-from tests.fixtures.fleet_lab import GATE, NEVER_ABORT, FleetLab, settled_by_load
+from tests.fixtures._rollout_checks import NEVER_ABORT, assert_resumed_without_redoing, settled_by_load
+from tests.fixtures.fleet_lab import GATE, FleetLab
 
 pytestmark = [pytest.mark.ssh, pytest.mark.e2e]
 FLEET = ["pi-02", "pi-03", "pi-04", "pi-05", "pi-06"]  # the `fleet` group; pi-01 is the canary device
@@ -175,19 +176,8 @@ def test_orchestrator_killed_mid_wave_leases_restore_and_resume_finishes(fleet_l
     promoted_before = {r.device for r in History(lab.store).rollout_records(rid) if r.to_state == "promoted"}
     resumed = lab.cli("rollout", "resume", rid)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    report = json.loads(resumed.stdout)
-    assert report["state"] == "rollout_completed", report
-    outcomes = {d["device"]: d for d in report["devices"]}
-    assert set(outcomes) == set(FLEET)
-    for outcome in outcomes.values():  # a gate a loaded host failed is restored, never left half-done
-        assert outcome["status"] == "promoted" or settled_by_load(outcome), outcome
-    history = History(lab.store)
-    for name in promoted_before:  # finished devices were not redone
-        assert [r.detail["attempt"] for r in history.device_records(v2, name, rid) if r.event == "deployed"] == [1]
-    for name in in_flight:  # the killed attempt was reconciled (lease expiry recorded), then done again
-        records = history.device_records(v2, name, rid)
-        assert any(r.detail.get("interrupted") for r in records), [(r.event, r.to_state) for r in records]
-        assert records[-1].detail["attempt"] == 2 and records[-1].to_state in ("promoted", "rolled_back")
+    outcomes = assert_resumed_without_redoing(json.loads(resumed.stdout), FLEET, History(lab.store), v2, rid,
+                                              promoted_before, in_flight)
     after = lab.check_store_against_devices()
     assert {n: after[n] for n in FLEET} == {n: v2 if outcomes[n]["status"] == "promoted" else before[n] for n in FLEET}
     print(f"SIGKILL with {sorted(in_flight)} in flight, {sorted(leased)} under a lease → restored by their leases "

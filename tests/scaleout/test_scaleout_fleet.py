@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures._rollout_checks import NEVER_ABORT
 from tests.fixtures.scaleout import FLEET_DEVICES
 from tests.scaleout.test_scaleout import CID, _assert_ran_on_its_queue, _conf, _tis, _trigger, _ts
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.airflow, pytest.mark.e2e]
 FLEET_DAG = "hailo_fleet_rollout"
 GATE = {"duration_s": 5, "lease_margin_s": 30}
-NEVER_ABORT = {"max_failure_rate": 1.0, "min_finished": 1, "any_failure_in_first": 0}
 
 
 def _healthz(url: str) -> dict | None:
